@@ -1,0 +1,51 @@
+"""Accuracy, loss, per-class accuracy and the confusion matrix of a model on a labelled set."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mnist_cnn.data import normalize
+
+
+@torch.inference_mode()
+def logits_of(model, images_u8: torch.Tensor, batch_size: int = 1000, dtype=torch.float32) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 10) float32 logits, in large batches, the model in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, images_u8.shape[0], batch_size):
+        x = normalize(images_u8[start:start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            out.append(model(x).float())
+    return torch.cat(out)
+
+
+def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """(C, C) int64: row = true class, column = predicted class."""
+    return torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def evaluate(model, images_u8, labels, batch_size: int = 1000, dtype=torch.float32) -> dict:
+    logits = logits_of(model, images_u8, batch_size, dtype)
+    labels = labels.to(logits.device)
+    preds = logits.argmax(1)
+    cm = confusion_matrix(labels, preds, logits.shape[1]).cpu()
+    return {
+        "n": int(labels.numel()),
+        "loss": F.cross_entropy(logits, labels).item(),
+        "accuracy": (preds == labels).float().mean().item(),
+        "per_class_accuracy": (cm.diag() / cm.sum(1).clamp(min=1)).tolist(),
+        "confusion": cm.tolist(),
+    }
+
+
+def format_report(ev: dict) -> str:
+    """Text for `mnist-cnn evaluate`: accuracy, per-class accuracy, confusion matrix."""
+    lines = [f"test accuracy {100 * ev['accuracy']:.2f}% ({round(ev['accuracy'] * ev['n'])}/{ev['n']}), "
+             f"loss {ev['loss']:.4f}", "", "per-class accuracy:"]
+    lines += [f"  {c}: {100 * a:6.2f}%" for c, a in enumerate(ev["per_class_accuracy"])]
+    lines += ["", "confusion matrix (rows: true digit, columns: predicted):",
+              "      " + "".join(f"{c:>6}" for c in range(len(ev["confusion"])))]
+    lines += [f"  {r:>2}  " + "".join(f"{v:>6}" for v in row) for r, row in enumerate(ev["confusion"])]
+    return "\n".join(lines)

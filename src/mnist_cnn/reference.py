@@ -1,0 +1,81 @@
+"""The seed's pipeline, kept faithful, as the yardstick: `bench` times it beside ours, tests load our
+checkpoints into its `Net`.
+
+What the seed's README describes, and nothing more: torchvision's MNIST `Dataset`, per-sample
+`ToTensor()` + `Normalize((0.5,), (0.5,))`, a shuffled `DataLoader` at batch 64, `Net` (conv 1->32 3x3, ReLU,
+pool 2/2, conv 32->64 3x3, ReLU, pool 2/2, fc 1600->128, ReLU, fc 128->10), cross-entropy, Adam 1e-3,
+5 epochs, test accuracy after each epoch, `torch.save(model.state_dict(), "mnist_cnn_model.pth")`.
+Do not speed this file up: its slowness is the point of comparison.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, kernel_size=3)
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
+        self.fc1 = nn.Linear(64 * 5 * 5, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.view(-1, 64 * 5 * 5)
+        x = F.relu(self.fc1(x))
+        return self.fc2(x)
+
+
+def loaders(data_dir: str = "data", batch_size: int = 64):
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+    train_set = datasets.MNIST(root=data_dir, train=True, download=False, transform=transform)
+    test_set = datasets.MNIST(root=data_dir, train=False, download=False, transform=transform)
+    return (torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True),
+            torch.utils.data.DataLoader(test_set, batch_size=batch_size, shuffle=False))
+
+
+def test_accuracy(model, test_loader) -> float:
+    model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for images, labels in test_loader:
+            correct += (model(images).argmax(1) == labels).sum().item()
+            total += labels.size(0)
+    return correct / total
+
+
+def run(data_dir: str = "data", epochs: int = 5, log=print, on_epoch=None) -> tuple[Net, list[dict]]:
+    """The seed's training script as a function (CPU). Returns the model and per-epoch metrics."""
+    train_loader, test_loader = loaders(data_dir)
+    model = Net()
+    criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.001)
+    history = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        model.train()
+        running_loss = 0.0
+        for images, labels in train_loader:
+            optimizer.zero_grad()
+            loss = criterion(model(images), labels)
+            loss.backward()
+            optimizer.step()
+            running_loss += loss.item()
+        acc = test_accuracy(model, test_loader)
+        history.append({"epoch": epoch + 1, "train_loss": running_loss / len(train_loader),
+                        "test_accuracy": acc, "seconds": time.perf_counter() - t0})
+        log(f"[seed] epoch {epoch + 1}/{epochs}  loss {history[-1]['train_loss']:.4f}  "
+            f"test accuracy {100 * acc:.2f}%  {history[-1]['seconds']:.1f}s")
+        if on_epoch is not None:
+            on_epoch(model, history)
+    return model, history

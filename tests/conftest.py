@@ -1,0 +1,37 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """A folder with the real, verified MNIST: the repo's ./data (fetched once if absent, offline copy allowed)."""
+    from mnist_cnn.data import ensure_mnist
+
+    ensure_mnist(ROOT / "data", quiet=True)
+    return ROOT / "data"
+
+
+@pytest.fixture(scope="session")
+def mnist(mnist_dir):
+    from mnist_cnn.data import load_mnist
+
+    return load_mnist(mnist_dir, fetch=False)
+
+
+def run_cli(*args, cwd=None, timeout=600):
+    """Run `python -m mnist_cnn ARGS` as a user would; returns CompletedProcess with text output."""
+    return subprocess.run([sys.executable, "-m", "mnist_cnn", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def assert_one_line_error(proc):
+    """A user error: non-zero exit, exactly one line on stderr, no traceback."""
+    assert proc.returncode != 0, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    return lines[0]
