@@ -214,6 +214,34 @@ def cmd_explain(args):
 
 
 # -----------------------------------------------------------------------------
+# concepts
+
+
+CONCEPT_TOPICS = ("softmax", "loss", "tensors", "transforms", "batches", "conv", "pool", "output_size", "backprop",
+                  "zero_grad", "train_eval")  # = mnist_cnn.concepts.TOPICS, spelled out so --help needs no torch
+
+
+def add_concepts(sub):
+    p = sub.add_parser("concepts", help="the seed's worked examples (softmax, backprop, ...) as checked computations")
+    p.add_argument("topic", nargs="?", choices=CONCEPT_TOPICS, metavar="TOPIC",
+                   help="one of: " + ", ".join(CONCEPT_TOPICS) + " (default: all)")
+    p.add_argument("--model", default="mnist_cnn_model.pth", help="for output_size: compare with this model")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_concepts)
+
+
+def cmd_concepts(args):
+    from mnist_cnn.concepts import Context, format_concept, run
+
+    results = run(args.topic, Context(data_dir=args.data_dir, model=args.model))
+    if args.json:
+        print_json(results)
+    else:
+        print("\n\n".join(format_concept(c) for c in results))
+
+
+# -----------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
@@ -222,7 +250,7 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_data, add_summary, add_explain):
+    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_concepts):
         add(sub)
     return parser
 
