@@ -242,6 +242,41 @@ def cmd_concepts(args):
 
 
 # -----------------------------------------------------------------------------
+# report
+
+
+def add_report(sub):
+    p = sub.add_parser("report", help="confusion matrix, per-class accuracy, mistakes gallery, training curves")
+    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--out", default="report", help="folder for the PNGs, report.txt and report.json")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args):
+    from pathlib import Path
+
+    from mnist_cnn import checkpoint
+    from mnist_cnn.data import load_mnist
+    from mnist_cnn.errors import MnistCnnError
+    from mnist_cnn.report import report
+
+    model, meta = checkpoint.load(args.model)
+    data = load_mnist(args.data_dir, quiet=args.json)
+    try:
+        r = report(model, meta, data, args.out, title=Path(args.model).name)
+    except OSError as e:
+        raise MnistCnnError(f"--out {args.out}: cannot write there ({e.strerror})") from None
+    if args.json:
+        r.pop("text")
+        print_json(r)
+    else:
+        print(r["text"])
+        print("\nwrote " + ", ".join(r["files"].values()))
+
+
+# -----------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
@@ -250,7 +285,7 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_concepts):
+    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_concepts, add_report):
         add(sub)
     return parser
 
