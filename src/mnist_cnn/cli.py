@@ -132,6 +132,192 @@ def cmd_data(args):
 
 
 # -----------------------------------------------------------------------------
+# summary
+
+
+def add_summary(sub):
+    p = sub.add_parser("summary", help="per-layer shapes, formulas, parameters, MACs, receptive fields")
+    p.add_argument("--model", default=None, help="read the architecture from this checkpoint instead of the flags")
+    p.add_argument("--json", action="store_true")
+    add_model_flags(p)
+    p.set_defaults(func=cmd_summary)
+
+
+def cmd_summary(args):
+    from mnist_cnn import checkpoint
+    from mnist_cnn.explain import format_summary, summary
+
+    cfg = checkpoint.load(args.model)[0].cfg if args.model else model_config(args)
+    s = summary(cfg)
+    print_json(s) if args.json else print(format_summary(s))
+
+
+# -----------------------------------------------------------------------------
+# explain
+
+
+def add_explain(sub):
+    p = sub.add_parser("explain", help="one figure of every layer's output, the softmax and a saliency map")
+    p.add_argument("image", nargs="?", help="an image file (PNG, JPG, ...) of a digit")
+    p.add_argument("--test-index", type=int, default=None, help="use MNIST test image N instead of a file")
+    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--out", default="explain.png", help="figure path (PNG)")
+    p.add_argument("--filters", action="store_true", help="also draw the learned conv1/conv2 kernels "
+                   "(to OUT with _filters before the suffix)")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args):
+    from pathlib import Path
+
+    from mnist_cnn import checkpoint
+    from mnist_cnn.errors import MnistCnnError
+    from mnist_cnn.explain import figure_explain, figure_filters
+
+    if (args.image is None) == (args.test_index is None):
+        raise MnistCnnError("give exactly one of IMAGE or --test-index N")
+    model, _ = checkpoint.load(args.model)
+    label = None
+    if args.test_index is not None:
+        from mnist_cnn.data import load_mnist, normalize
+
+        data = load_mnist(args.data_dir, quiet=args.json)
+        n = data.test_images.shape[0]
+        if not 0 <= args.test_index < n:
+            raise MnistCnnError(f"--test-index must be in 0..{n - 1}, got {args.test_index}")
+        x = normalize(data.test_images[args.test_index:args.test_index + 1])  # (1, 1, 28, 28)
+        label, caption = int(data.test_labels[args.test_index]), f"MNIST test image {args.test_index}"
+    else:
+        try:
+            from mnist_cnn.preprocess import preprocess
+        except ImportError:
+            raise MnistCnnError("explaining an image file needs mnist_cnn.preprocess, which this install lacks; "
+                                "use --test-index N") from None
+        x, caption = preprocess(args.image), Path(args.image).name  # (1, 28, 28)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise MnistCnnError(f"--out {out}: folder {out.parent} does not exist")
+    result = figure_explain(model, x, str(out), caption, label)
+    if args.filters:
+        result["filters_figure"] = str(out.with_name(out.stem + "_filters.png"))
+        figure_filters(model, result["filters_figure"])
+    if args.json:
+        print_json(result)
+    else:
+        top = sorted(range(len(result["probabilities"])), key=lambda c: -result["probabilities"][c])[:3]
+        print(f"{caption}: predicted {result['prediction']} "
+              + ", ".join(f"p({c}) = {result['probabilities'][c]:.4f}" for c in top)
+              + ("" if label is None else f"; true label {label}"))
+        print(f"wrote {out}" + (f" and {result['filters_figure']}" if args.filters else ""))
+
+
+# -----------------------------------------------------------------------------
+# concepts
+
+
+CONCEPT_TOPICS = ("softmax", "loss", "tensors", "transforms", "batches", "conv", "pool", "output_size", "backprop",
+                  "zero_grad", "train_eval")  # = mnist_cnn.concepts.TOPICS, spelled out so --help needs no torch
+
+
+def add_concepts(sub):
+    p = sub.add_parser("concepts", help="the seed's worked examples (softmax, backprop, ...) as checked computations")
+    p.add_argument("topic", nargs="?", choices=CONCEPT_TOPICS, metavar="TOPIC",
+                   help="one of: " + ", ".join(CONCEPT_TOPICS) + " (default: all)")
+    p.add_argument("--model", default="mnist_cnn_model.pth", help="for output_size: compare with this model")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_concepts)
+
+
+def cmd_concepts(args):
+    from mnist_cnn.concepts import Context, format_concept, run
+
+    results = run(args.topic, Context(data_dir=args.data_dir, model=args.model))
+    if args.json:
+        print_json(results)
+    else:
+        print("\n\n".join(format_concept(c) for c in results))
+
+
+# -----------------------------------------------------------------------------
+# report
+
+
+def add_report(sub):
+    p = sub.add_parser("report", help="confusion matrix, per-class accuracy, mistakes gallery, training curves")
+    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--out", default="report", help="folder for the PNGs, report.txt and report.json")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args):
+    from pathlib import Path
+
+    from mnist_cnn import checkpoint
+    from mnist_cnn.data import load_mnist
+    from mnist_cnn.errors import MnistCnnError
+    from mnist_cnn.report import report
+
+    model, meta = checkpoint.load(args.model)
+    data = load_mnist(args.data_dir, quiet=args.json)
+    try:
+        r = report(model, meta, data, args.out, title=Path(args.model).name)
+    except OSError as e:
+        raise MnistCnnError(f"--out {args.out}: cannot write there ({e.strerror})") from None
+    if args.json:
+        r.pop("text")
+        print_json(r)
+    else:
+        print(r["text"])
+        print("\nwrote " + ", ".join(r["files"].values()))
+
+
+# -----------------------------------------------------------------------------
+# study
+
+
+def add_study(sub):
+    p = sub.add_parser("study", help="measure the seed's hyperparameter choices: params, MACs, speed, accuracy")
+    p.add_argument("--quick", action="store_true",
+                   help="1 epoch on 6,000 training images, 1 seed (a minute or two on 2 cores)")
+    p.add_argument("--seeds", type=int, default=None, help="runs per variant (default 3; --quick: 1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 3; --quick: 1)")
+    p.add_argument("--train-subset", type=int, default=None, help="train on this many images (default all; "
+                   "--quick: 6000)")
+    p.add_argument("--test-subset", type=int, default=None, help="test on the first N test images (default all)")
+    p.add_argument("--groups", nargs="+", default=["kernel", "pooling", "fc1", "channels", "optimizer"],
+                   metavar="GROUP", help="any of: kernel pooling fc1 channels optimizer (default: all)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--out", default="study", help="folder for study.md, study.json, study.png")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+
+def cmd_study(args):
+    from mnist_cnn import study
+    from mnist_cnn.data import load_mnist
+
+    q = args.quick
+    seeds = args.seeds if args.seeds is not None else (1 if q else 3)
+    epochs = args.epochs if args.epochs is not None else (1 if q else 3)
+    train_subset = args.train_subset if args.train_subset is not None else (6000 if q else None)
+    data = load_mnist(args.data_dir, quiet=args.json)
+    log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
+    result = study.run(data, args.groups, seeds, epochs, train_subset, args.test_subset, args.device, log)
+    result["files"] = study.write(result, args.out)
+    if args.json:
+        print_json(result)
+    else:
+        print(study.markdown(result))
+        print("\nwrote " + ", ".join(result["files"].values()))
+
+
+# -----------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
@@ -140,7 +326,7 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_data):
+    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_concepts, add_report, add_study):
         add(sub)
     return parser
 
