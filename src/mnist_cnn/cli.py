@@ -181,6 +181,88 @@ def cmd_serve(args):
 
 
 # -----------------------------------------------------------------------------
+# summary
+
+
+def add_summary(sub):
+    p = sub.add_parser("summary", help="per-layer shapes, formulas, parameters, MACs, receptive fields")
+    p.add_argument("--model", default=None, help="read the architecture from this checkpoint instead of the flags")
+    p.add_argument("--json", action="store_true")
+    add_model_flags(p)
+    p.set_defaults(func=cmd_summary)
+
+
+def cmd_summary(args):
+    from mnist_cnn import checkpoint
+    from mnist_cnn.explain import format_summary, summary
+
+    cfg = checkpoint.load(args.model)[0].cfg if args.model else model_config(args)
+    s = summary(cfg)
+    print_json(s) if args.json else print(format_summary(s))
+
+
+# -----------------------------------------------------------------------------
+# explain
+
+
+def add_explain(sub):
+    p = sub.add_parser("explain", help="one figure of every layer's output, the softmax and a saliency map")
+    p.add_argument("image", nargs="?", help="an image file (PNG, JPG, ...) of a digit")
+    p.add_argument("--test-index", type=int, default=None, help="use MNIST test image N instead of a file")
+    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--out", default="explain.png", help="figure path (PNG)")
+    p.add_argument("--filters", action="store_true", help="also draw the learned conv1/conv2 kernels "
+                   "(to OUT with _filters before the suffix)")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args):
+    from pathlib import Path
+
+    from mnist_cnn import checkpoint
+    from mnist_cnn.errors import MnistCnnError
+    from mnist_cnn.explain import figure_explain, figure_filters
+
+    if (args.image is None) == (args.test_index is None):
+        raise MnistCnnError("give exactly one of IMAGE or --test-index N")
+    model, _ = checkpoint.load(args.model)
+    label = None
+    if args.test_index is not None:
+        from mnist_cnn.data import load_mnist, normalize
+
+        data = load_mnist(args.data_dir, quiet=args.json)
+        n = data.test_images.shape[0]
+        if not 0 <= args.test_index < n:
+            raise MnistCnnError(f"--test-index must be in 0..{n - 1}, got {args.test_index}")
+        x = normalize(data.test_images[args.test_index:args.test_index + 1])  # (1, 1, 28, 28)
+        label, caption = int(data.test_labels[args.test_index]), f"MNIST test image {args.test_index}"
+    else:
+        try:
+            from mnist_cnn.preprocess import preprocess
+        except ImportError:
+            raise MnistCnnError("explaining an image file needs mnist_cnn.preprocess, which this install lacks; "
+                                "use --test-index N") from None
+        x, caption = preprocess(args.image), Path(args.image).name  # (1, 28, 28)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise MnistCnnError(f"--out {out}: folder {out.parent} does not exist")
+    result = figure_explain(model, x, str(out), caption, label)
+    if args.filters:
+        result["filters_figure"] = str(out.with_name(out.stem + "_filters.png"))
+        figure_filters(model, result["filters_figure"])
+    if args.json:
+        print_json(result)
+    else:
+        top = sorted(range(len(result["probabilities"])), key=lambda c: -result["probabilities"][c])[:3]
+        print(f"{caption}: predicted {result['prediction']} "
+              + ", ".join(f"p({c}) = {result['probabilities'][c]:.4f}" for c in top)
+              + ("" if label is None else f"; true label {label}"))
+        print(f"wrote {out}" + (f" and {result['filters_figure']}" if args.filters else ""))
+
+
+# -----------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
@@ -189,7 +271,7 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_data, add_serve):
+    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_serve):
         add(sub)
     return parser
 
