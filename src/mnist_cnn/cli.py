@@ -62,6 +62,8 @@ def add_train(sub):
     p.add_argument("--out", default="mnist_cnn_model.pth", help="checkpoint path (a .json is written beside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON at the end")
+    p.add_argument("--augment", action="store_true",
+                   help="random rotation/shear/scale/shift and stroke weight per image: copes with real handwriting")
     add_model_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -72,7 +74,7 @@ def cmd_train(args):
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       seed=args.seed, device=args.device, precision=args.precision, data_dir=args.data_dir,
-                      out=args.out, quiet=args.quiet, model=model_config(args))
+                      out=args.out, quiet=args.quiet, model=model_config(args), augment=args.augment)
     quiet_log = args.quiet or args.json
     model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)
     checkpoint.save(cfg.out, model, train_args(cfg), history)
