@@ -67,7 +67,7 @@ def test_predict_json_pixels_matches_the_model(client, app, mnist):
         with torch.no_grad():
             want = torch.softmax(model(normalize(pixels[None])), 1)[0]
         assert len(out["probabilities"]) == 10 and abs(sum(out["probabilities"]) - 1) < 1e-5
-        assert np.allclose(out["probabilities"], want.numpy(), atol=1e-6)
+        assert np.allclose(out["probabilities"], want.numpy(), atol=1e-5)  # batched: rounding may differ
         assert out["prediction"] == int(want.argmax()) and "activations" not in out
         assert out["input_28x28"] == pixels.tolist()  # JSON pixels are the network's input as they are
         flat = client.post("/api/predict", json={"pixels": pixels.flatten().tolist()}).json()
@@ -205,7 +205,8 @@ def test_bodies_over_2mb_are_413_however_sent(client):
 
 
 def test_concurrent_requests_get_their_own_answers(client, mnist):
-    """16 threads, each posting different digits: every answer is the one the digit gets alone."""
+    """16 threads, each posting different digits (batched together by the server): every answer is the one the
+    digit gets alone."""
     alone = {i: client.post("/api/predict", json={"pixels": mnist.test_images[i].tolist()}).json()["probabilities"]
              for i in range(16)}
     wrong = []
@@ -214,7 +215,7 @@ def test_concurrent_requests_get_their_own_answers(client, mnist):
         for _ in range(8):
             got = client.post("/api/predict", json={"pixels": mnist.test_images[i].tolist(),
                                                     "activations": i % 2 == 0}).json()["probabilities"]
-            if not np.allclose(got, alone[i], atol=1e-6):
+            if not np.allclose(got, alone[i], atol=1e-5):
                 wrong.append(i)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
@@ -230,11 +231,13 @@ def test_a_bug_is_a_logged_500_not_a_crash(app, caplog, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(app.state.engine, "run", broken)
+    monkeypatch.setattr(app.state.engine.model, "forward", broken)  # fails inside the forward thread
     with caplog.at_level(logging.ERROR, logger="mnist_cnn.web"):
         r = TestClient(app, raise_server_exceptions=False).post("/api/predict", json={"pixels": [0] * 784})
     assert r.status_code == 500 and "internal" in r.json()["detail"]
     assert "simulated bug" in caplog.text
+    monkeypatch.undo()  # the forward thread survived the bug and serves the next request
+    assert TestClient(app).post("/api/predict", json={"pixels": [0] * 784}).status_code == 200
 
 
 def test_one_log_line_per_request(client, caplog):
