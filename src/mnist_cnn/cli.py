@@ -265,6 +265,110 @@ def cmd_explain(args):
 
 
 # -----------------------------------------------------------------------------
+# concepts
+
+
+CONCEPT_TOPICS = ("softmax", "loss", "tensors", "transforms", "batches", "conv", "pool", "output_size", "backprop",
+                  "zero_grad", "train_eval")  # = mnist_cnn.concepts.TOPICS, spelled out so --help needs no torch
+
+
+def add_concepts(sub):
+    p = sub.add_parser("concepts", help="the seed's worked examples (softmax, backprop, ...) as checked computations")
+    p.add_argument("topic", nargs="?", choices=CONCEPT_TOPICS, metavar="TOPIC",
+                   help="one of: " + ", ".join(CONCEPT_TOPICS) + " (default: all)")
+    p.add_argument("--model", default="mnist_cnn_model.pth", help="for output_size: compare with this model")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_concepts)
+
+
+def cmd_concepts(args):
+    from mnist_cnn.concepts import Context, format_concept, run
+
+    results = run(args.topic, Context(data_dir=args.data_dir, model=args.model))
+    if args.json:
+        print_json(results)
+    else:
+        print("\n\n".join(format_concept(c) for c in results))
+
+
+# -----------------------------------------------------------------------------
+# report
+
+
+def add_report(sub):
+    p = sub.add_parser("report", help="confusion matrix, per-class accuracy, mistakes gallery, training curves")
+    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--out", default="report", help="folder for the PNGs, report.txt and report.json")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args):
+    from pathlib import Path
+
+    from mnist_cnn import checkpoint
+    from mnist_cnn.data import load_mnist
+    from mnist_cnn.errors import MnistCnnError
+    from mnist_cnn.report import report
+
+    model, meta = checkpoint.load(args.model)
+    data = load_mnist(args.data_dir, quiet=args.json)
+    try:
+        r = report(model, meta, data, args.out, title=Path(args.model).name)
+    except OSError as e:
+        raise MnistCnnError(f"--out {args.out}: cannot write there ({e.strerror})") from None
+    if args.json:
+        r.pop("text")
+        print_json(r)
+    else:
+        print(r["text"])
+        print("\nwrote " + ", ".join(r["files"].values()))
+
+
+# -----------------------------------------------------------------------------
+# study
+
+
+def add_study(sub):
+    p = sub.add_parser("study", help="measure the seed's hyperparameter choices: params, MACs, speed, accuracy")
+    p.add_argument("--quick", action="store_true",
+                   help="1 epoch on 6,000 training images, 1 seed (a minute or two on 2 cores)")
+    p.add_argument("--seeds", type=int, default=None, help="runs per variant (default 3; --quick: 1)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 3; --quick: 1)")
+    p.add_argument("--train-subset", type=int, default=None, help="train on this many images (default all; "
+                   "--quick: 6000)")
+    p.add_argument("--test-subset", type=int, default=None, help="test on the first N test images (default all)")
+    p.add_argument("--groups", nargs="+", default=["kernel", "pooling", "fc1", "channels", "optimizer"],
+                   metavar="GROUP", help="any of: kernel pooling fc1 channels optimizer (default: all)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--out", default="study", help="folder for study.md, study.json, study.png")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_study)
+
+
+def cmd_study(args):
+    from mnist_cnn import study
+    from mnist_cnn.data import load_mnist
+
+    q = args.quick
+    seeds = args.seeds if args.seeds is not None else (1 if q else 3)
+    epochs = args.epochs if args.epochs is not None else (1 if q else 3)
+    train_subset = args.train_subset if args.train_subset is not None else (6000 if q else None)
+    data = load_mnist(args.data_dir, quiet=args.json)
+    log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
+    result = study.run(data, args.groups, seeds, epochs, train_subset, args.test_subset, args.device, log)
+    result["files"] = study.write(result, args.out)
+    if args.json:
+        print_json(result)
+    else:
+        print(study.markdown(result))
+        print("\nwrote " + ", ".join(result["files"].values()))
+
+
+# -----------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
@@ -273,7 +377,8 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_serve):
+    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_concepts, add_report, add_study,
+                add_serve):
         add(sub)
     return parser
 

@@ -204,8 +204,7 @@ def mosaic(maps: torch.Tensor, cols: int) -> torch.Tensor:
 def _show_maps(ax, maps, title, cols, cmap="viridis", vmin=0.0, vmax=None, fig=None):
     import matplotlib as mpl
 
-    cm = mpl.colormaps[cmap].copy()
-    cm.set_bad("white")
+    cm = mpl.colormaps[cmap].with_extremes(bad="white")
     vmax = vmax if vmax is not None else max(float(maps.max()), 1e-6)
     im = ax.imshow(mosaic(maps.float().cpu(), cols), cmap=cm, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_title(title, fontsize=10)
@@ -308,8 +307,7 @@ def figure_filters(model: Net, out: str) -> None:
     lim2 = float(w2.abs().max())
     import matplotlib as mpl
 
-    cm = mpl.colormaps["RdBu_r"].copy()
-    cm.set_bad("white")
+    cm = mpl.colormaps["RdBu_r"].with_extremes(bad="white")
     im = ax[1].imshow(big, cmap=cm, vmin=-lim2, vmax=lim2, interpolation="nearest", aspect="auto")
     ax[1].set_title(f"conv2: {c2} filters (rows) x {c1} input channels (columns), each {k}x{k}", fontsize=10)
     ax[1].set_xlabel("input channel (a conv1 feature map)")
