@@ -62,6 +62,8 @@ def add_train(sub):
     p.add_argument("--out", default="mnist_cnn_model.pth", help="checkpoint path (a .json is written beside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON at the end")
+    p.add_argument("--augment", action="store_true",
+                   help="random rotation/shear/scale/shift and stroke weight per image: copes with real handwriting")
     add_model_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -72,7 +74,7 @@ def cmd_train(args):
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       seed=args.seed, device=args.device, precision=args.precision, data_dir=args.data_dir,
-                      out=args.out, quiet=args.quiet, model=model_config(args))
+                      out=args.out, quiet=args.quiet, model=model_config(args), augment=args.augment)
     quiet_log = args.quiet or args.json
     model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)
     checkpoint.save(cfg.out, model, train_args(cfg), history)
@@ -129,6 +131,55 @@ def cmd_data(args):
         print(f"MNIST verified in {d.resolve()}")
         for name in files:
             print(f"  {name}  md5 {data.FILES[name][0]}  ok")
+
+
+# -----------------------------------------------------------------------------
+# serve
+
+
+def add_serve(sub):
+    p = sub.add_parser("serve", help="the web page: draw a digit, watch the network think (and a JSON API)")
+    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    add_data_dir(p)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the forward pass (default 1: one image is too small to split)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args):
+    import ipaddress
+    import logging
+    import socket
+
+    import torch
+    import uvicorn
+
+    from mnist_cnn.web.app import create_app
+
+    if args.threads < 1:
+        raise MnistCnnError(f"--threads must be at least 1, got {args.threads}")
+    if not 0 <= args.port <= 65535:
+        raise MnistCnnError(f"--port must be in 0..65535, got {args.port}")
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(args.model, args.data_dir)  # loads the model once, now: a bad --model is one line
+    try:  # bind here, so a busy port or bad host is one line too, not uvicorn's traceback
+        info = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+    except OSError as e:
+        raise MnistCnnError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {args.model} on http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)", flush=True)
+    if not ipaddress.ip_address(host).is_loopback:
+        print(f"note: listening on {host}, reachable from other machines; the app has no authentication",
+              file=sys.stderr)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=2))
+    server.run(sockets=[sock])
 
 
 # -----------------------------------------------------------------------------
@@ -326,7 +377,8 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_concepts, add_report, add_study):
+    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_concepts, add_report, add_study,
+                add_serve):
         add(sub)
     return parser
 

@@ -21,6 +21,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
+from mnist_cnn.augment import augment as random_distortion
 from mnist_cnn.data import MNIST, load_mnist, normalize
 from mnist_cnn.errors import ConfigError, MnistCnnError
 from mnist_cnn.evaluate import evaluate
@@ -39,6 +40,7 @@ class TrainConfig:
     data_dir: str = "data"
     out: str = "mnist_cnn_model.pth"
     quiet: bool = False
+    augment: bool = False  # random affine + stroke weight per image, per batch on the device (augment.py)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self):
@@ -106,7 +108,7 @@ def make_optimizer(cfg: TrainConfig, model: Net) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
 
 
-def train_epoch(model, opt, images, labels, batch_size, dtype, generator, bar=None) -> torch.Tensor:
+def train_epoch(model, opt, images, labels, batch_size, dtype, generator, bar=None, augment=False) -> torch.Tensor:
     """One pass over a fresh permutation; returns the mean training loss as a 0-d tensor (no host sync)."""
     model.train()
     device = images.device
@@ -115,7 +117,10 @@ def train_epoch(model, opt, images, labels, batch_size, dtype, generator, bar=No
     loss_sum = torch.zeros((), device=device)
     for start in range(0, n, batch_size):
         idx = perm[start:start + batch_size]
-        x = normalize(images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 1, 28, 28)
+        x = normalize(images[idx])  # (B, 1, 28, 28)
+        if augment:
+            x = random_distortion(x, generator)
+        x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx]  # (B,)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = F.cross_entropy(model(x), y)
@@ -154,7 +159,7 @@ def train(cfg: TrainConfig, data: MNIST | None = None, log=print) -> tuple[Net, 
         with tqdm(total=data.train_images.shape[0], desc=f"epoch {epoch}/{cfg.epochs}", unit="img",
                   leave=False, disable=cfg.quiet or not sys.stderr.isatty()) as bar:
             train_loss = train_epoch(model, opt, data.train_images, data.train_labels, cfg.batch_size,
-                                     dtype, generator, bar).item()
+                                     dtype, generator, bar, cfg.augment).item()
         if not math.isfinite(train_loss):
             raise MnistCnnError(f"epoch {epoch}: training loss became {train_loss}; try a lower --lr")
         train_seconds = time.perf_counter() - t0
