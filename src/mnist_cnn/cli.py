@@ -62,22 +62,37 @@ def add_train(sub):
     p.add_argument("--out", default="mnist_cnn_model.pth", help="checkpoint path (a .json is written beside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON at the end")
+    add_reliability_flags(p)
     add_model_flags(p)
     p.set_defaults(func=cmd_train)
 
 
+def add_reliability_flags(p):
+    """Small budgets, repeatable runs, resuming (resume.py, distributed.py)."""
+    g = p.add_argument_group("scale and reliability (under torchrun, --batch-size is the global batch)")
+    g.add_argument("--train-subset", type=int, default=None, metavar="N",
+                   help="train on the first N training images only (quick runs, tests)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="bit-identical weights for the same --seed on CPU (deterministic kernels; --seed 0 if none)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run saved beside --out (OUT.state.pt, written after every epoch)")
+
+
 def cmd_train(args):
     from mnist_cnn import checkpoint
-    from mnist_cnn.train import TrainConfig, train, train_args
+    from mnist_cnn.distributed import env_world
+    from mnist_cnn.train import TrainConfig, train
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       seed=args.seed, device=args.device, precision=args.precision, data_dir=args.data_dir,
-                      out=args.out, quiet=args.quiet, model=model_config(args))
+                      out=args.out, quiet=args.quiet, train_subset=args.train_subset,
+                      deterministic=args.deterministic, resume=args.resume, save=True, model=model_config(args))
     quiet_log = args.quiet or args.json
-    model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)
-    checkpoint.save(cfg.out, model, train_args(cfg), history)
+    model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)  # saves after every epoch
+    if not env_world().main:  # under torchrun only rank 0 speaks
+        return
     if args.json:
-        print_json({"checkpoint": cfg.out, "model": cfg.model.to_dict(), "history": history})
+        print_json({"checkpoint": cfg.out, "model": model.cfg.to_dict(), "history": history})
     elif not args.quiet:
         print(f"saved {cfg.out} (+ {checkpoint.meta_path(cfg.out).name}); "
               f"final test accuracy {100 * history[-1]['test_accuracy']:.2f}%")
@@ -147,14 +162,19 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import os
+
+    speak = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports errors
     try:
         args.func(args)
     except MnistCnnError as e:
-        print(f"mnist-cnn {args.command}: error: {e}", file=sys.stderr)
+        if speak:
+            print(f"mnist-cnn {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"mnist-cnn {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # resume.Interrupted carries the line saying how to resume, and 128 + signal
+        if speak:
+            print(f"mnist-cnn {args.command}: {getattr(e, 'message', 'interrupted')}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except BrokenPipeError:  # `mnist-cnn ... | head`
         return 0
     return 0

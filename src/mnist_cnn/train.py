@@ -13,16 +13,20 @@ fp32 4,100 img/s; bf16 + channels_last 7,990 img/s (7.5 s/epoch). See README for
 from __future__ import annotations
 
 import math
+import os
+import shlex
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import cache
 
 import torch
 import torch.nn.functional as F
 
+from mnist_cnn import distributed, resume
 from mnist_cnn.data import MNIST, load_mnist, normalize
-from mnist_cnn.errors import ConfigError, MnistCnnError
+from mnist_cnn.errors import CheckpointError, ConfigError, MnistCnnError
 from mnist_cnn.evaluate import evaluate
 from mnist_cnn.model import ModelConfig, Net
 
@@ -39,6 +43,10 @@ class TrainConfig:
     data_dir: str = "data"
     out: str = "mnist_cnn_model.pth"
     quiet: bool = False
+    train_subset: int | None = None  # train on the first N training images only (small budgets, tests)
+    deterministic: bool = False  # bit-identical weights for a seed on CPU (implies --seed 0 if none)
+    resume: bool = False  # continue the run whose state is beside `out` (resume.py)
+    save: bool = False  # write out, out.json and the resume state after every epoch (the CLI sets it)
     model: ModelConfig = field(default_factory=ModelConfig)
 
     def validate(self):
@@ -50,6 +58,8 @@ class TrainConfig:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"--optimizer must be adam or sgd, got {self.optimizer}")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ConfigError(f"--train-subset must be at least 1, got {self.train_subset}")
 
 
 # -----------------------------------------------------------------------------
@@ -106,15 +116,20 @@ def make_optimizer(cfg: TrainConfig, model: Net) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
 
 
-def train_epoch(model, opt, images, labels, batch_size, dtype, generator, bar=None) -> torch.Tensor:
-    """One pass over a fresh permutation; returns the mean training loss as a 0-d tensor (no host sync)."""
+def train_epoch(model, opt, images, labels, batches, dtype, bar=None, stop=None):
+    """Train on `batches` (index tensors, one per step) in order; returns (loss sum as a 0-d tensor, samples, steps).
+
+    The loss sum stays on the device (no host sync per step). `stop(step)` is asked before each step; when it
+    says True the epoch ends early (a signal arrived) and the caller saves the position.
+    """
     model.train()
     device = images.device
-    n = images.shape[0]
-    perm = torch.randperm(n, generator=generator).to(device)
     loss_sum = torch.zeros((), device=device)
-    for start in range(0, n, batch_size):
-        idx = perm[start:start + batch_size]
+    seen = 0
+    for step, idx in enumerate(batches):
+        if stop is not None and stop(step):
+            return loss_sum, seen, step
+        idx = idx.to(device, non_blocking=True)
         x = normalize(images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 1, 28, 28)
         y = labels[idx]  # (B,)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -123,47 +138,206 @@ def train_epoch(model, opt, images, labels, batch_size, dtype, generator, bar=No
         loss.backward()
         opt.step()
         loss_sum += loss.detach() * idx.numel()
+        seen += idx.numel()
         if bar is not None:
             bar.update(idx.numel())
-    return loss_sum / n
+    return loss_sum, seen, len(batches)
+
+
+def evaluate_shared(model, data: MNIST, dtype, world: distributed.World, device) -> dict:
+    """Test loss and accuracy; under torchrun each rank scores a slice of the test set and the sums are reduced."""
+    if world.size == 1:
+        ev = evaluate(model, data.test_images, data.test_labels, dtype=dtype)
+        return {"loss": ev["loss"], "accuracy": ev["accuracy"]}
+    ev = evaluate(model, data.test_images[world.rank::world.size], data.test_labels[world.rank::world.size],
+                  dtype=dtype)
+    loss_sum, correct, n = distributed.all_reduce_sum([ev["loss"] * ev["n"], round(ev["accuracy"] * ev["n"]),
+                                                       ev["n"]], device)
+    return {"loss": loss_sum / n, "accuracy": correct / n}
+
+
+RESUME_KEEPS = {"out", "data_dir", "device", "quiet", "resume", "save"}  # the only settings a resume may change
+
+
+def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
+    """The run's own settings from its state file; a flag given now that contradicts them is refused."""
+    saved, defaults, changes = state["train_args"], TrainConfig(), {}
+    for f in fields(TrainConfig):
+        if f.name == "model" or f.name in RESUME_KEEPS or f.name not in saved:
+            continue
+        mine = getattr(cfg, f.name)
+        if mine != getattr(defaults, f.name) and mine != saved[f.name]:
+            raise ConfigError(f"--{f.name.replace('_', '-')} {mine} differs from the run being resumed "
+                              f"({saved[f.name]}); drop the flag, or start a new run without --resume")
+        changes[f.name] = saved[f.name]
+    try:
+        model_cfg = ModelConfig.from_dict(state["model_config"])
+    except (ConfigError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{resume.state_path(cfg.out)}: invalid model description ({e})") from None
+    if cfg.model != ModelConfig() and cfg.model != model_cfg:
+        raise ConfigError(f"the model flags differ from the run being resumed ({model_cfg.to_dict()}); drop them")
+    return replace(cfg, **changes, model=model_cfg)
+
+
+def resume_command(cfg: TrainConfig, world: distributed.World) -> str:
+    launcher = f"torchrun --nproc_per_node={world.size} -m mnist_cnn" if world.size > 1 else "mnist-cnn"
+    extra = f" --data-dir {shlex.quote(cfg.data_dir)}" if cfg.data_dir != "data" else ""
+    return f"{launcher} train --resume --out {shlex.quote(cfg.out)}{extra}"
 
 
 def train(cfg: TrainConfig, data: MNIST | None = None, log=print) -> tuple[Net, list[dict]]:
-    """Train a Net per cfg; returns the model (on the training device) and one metrics dict per epoch."""
+    """Train a Net per cfg; returns the model (on the training device) and one metrics dict per epoch.
+
+    Under torchrun this is one rank of a DDP run (distributed.py); with cfg.save it writes the checkpoint and
+    the resume state after every epoch (resume.py); with cfg.resume it continues the run saved beside cfg.out.
+    """
+    cfg.validate()
+    state = None
+    if cfg.resume:
+        state = resume.load_state(resume.state_path(cfg.out))
+        cfg = resumed_config(cfg, state)
+        cfg.validate()
+    if cfg.deterministic and cfg.seed is None:
+        cfg = replace(cfg, seed=0)
+    device = pick_device(cfg.device)
+    world = distributed.setup(device)
+    device = distributed.device_for(device, world)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS' condition for determinism
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        return _train(cfg, state, data, device, world, log if world.main else (lambda *a, **k: None))
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+        distributed.teardown()
+
+
+def _train(cfg, state, data, device, world, log):
     from tqdm import tqdm
 
-    cfg.validate()
-    device = pick_device(cfg.device)
+    from mnist_cnn import checkpoint
+
     dtype = pick_dtype(cfg.precision, device)
+    # one seed on every rank, so all ranks draw the same permutation (rank 0 picks it when none is given)
+    seed = cfg.seed if cfg.seed is not None else distributed.broadcast_int(torch.seed() % 2**62, device)
     if cfg.seed is not None:
-        torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+        torch.manual_seed(cfg.seed + world.rank)  # dropout masks differ between ranks; rank 0's init is used
+    generator = torch.Generator().manual_seed(seed)
 
-    data = (data or load_mnist(cfg.data_dir, quiet=cfg.quiet)).to(device)
-    if cfg.batch_size > data.train_images.shape[0]:
-        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set "
-                          f"({data.train_images.shape[0]} images)")
-    model = Net(cfg.model).to(device).to(memory_format=torch.channels_last)
+    data = data or load_mnist(cfg.data_dir, quiet=cfg.quiet or not world.main)
+    if cfg.train_subset is not None:
+        if cfg.train_subset > data.train_images.shape[0]:
+            raise ConfigError(f"--train-subset {cfg.train_subset} is larger than the training set "
+                              f"({data.train_images.shape[0]} images)")
+        data = MNIST(data.train_images[:cfg.train_subset], data.train_labels[:cfg.train_subset],
+                     data.test_images, data.test_labels)
+    data = data.to(device)
+    n = data.train_images.shape[0]
+    if cfg.batch_size > n:
+        raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({n} images)")
+    per_rank = distributed.per_rank_batch(cfg.batch_size, world)
+
+    model = Net(cfg.model)
+    opt = None
+    start_epoch, start_step, history = 1, 0, []
+    carry = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}  # the part of an interrupted epoch already done
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise CheckpointError(f"{resume.state_path(cfg.out)}: weights do not fit the architecture "
+                                  f"{cfg.model.to_dict()}") from None
+    model = model.to(device).to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
-    log(f"training on {device} ({str(dtype).removeprefix('torch.')}), {data.train_images.shape[0]:,} images, "
-        f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs")
+    if state is not None:
+        try:
+            opt.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError):
+            raise CheckpointError(f"{resume.state_path(cfg.out)}: optimizer state does not fit") from None
+        generator.set_state(state["generator"])
+        rngs = state["torch_rng"]
+        if rngs:
+            torch.set_rng_state(rngs[world.rank % len(rngs)])
+        if device.type == "cuda" and isinstance(state.get("cuda_rng"), torch.Tensor):
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        history, start_epoch, start_step = list(state["history"]), state["epoch"] + 1, state["step"]
+        carry = {k: state["partial"].get(k, v) for k, v in carry.items()}
+        if start_epoch > cfg.epochs:
+            raise ConfigError(f"{resume.state_path(cfg.out)}: this run already finished its {cfg.epochs} epochs")
+    trained = model
+    if world.size > 1:
+        trained = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        with tqdm(total=data.train_images.shape[0], desc=f"epoch {epoch}/{cfg.epochs}", unit="img",
-                  leave=False, disable=cfg.quiet or not sys.stderr.isatty()) as bar:
-            train_loss = train_epoch(model, opt, data.train_images, data.train_labels, cfg.batch_size,
-                                     dtype, generator, bar).item()
-        if not math.isfinite(train_loss):
-            raise MnistCnnError(f"epoch {epoch}: training loss became {train_loss}; try a lower --lr")
-        train_seconds = time.perf_counter() - t0
-        ev = evaluate(model, data.test_images, data.test_labels, dtype=dtype)
-        seconds = time.perf_counter() - t0
-        history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": ev["loss"],
-                        "test_accuracy": ev["accuracy"], "seconds": seconds, "train_seconds": train_seconds})
-        log(f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f}  test loss {ev['loss']:.4f}  "
-            f"test accuracy {100 * ev['accuracy']:.2f}%  {seconds:.1f}s")
+    where = f"{world.size} processes ({per_rank} per process), " if world.size > 1 else ""
+    log(f"training on {device} ({str(dtype).removeprefix('torch.')}), {n:,} images, {where}batch {cfg.batch_size}, "
+        f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs"
+        + (f", resuming at epoch {start_epoch} step {start_step}" if state is not None else ""))
+
+    def save(epoch_done: int, step: int, gen_state: torch.Tensor, partial: dict):
+        rngs = distributed.gather_objects(torch.get_rng_state(), world)  # collective: every rank takes part
+        if not (cfg.save and world.main):
+            return
+        if step == 0:  # a finished epoch: the plain checkpoint too
+            checkpoint.save(cfg.out, model, train_args(cfg), history)
+        resume.save_state(resume.state_path(cfg.out), {
+            "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            "model_config": cfg.model.to_dict(), "train_args": train_args(cfg),
+            "optimizer": opt.state_dict(), "scheduler": None,
+            "epoch": epoch_done, "step": step, "generator": gen_state, "torch_rng": rngs,
+            **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+            "history": history, "partial": partial, "world_size": world.size,
+        })
+
+    flag = resume.StopFlag()
+
+    def stop(step: int) -> bool:
+        if world.size == 1:
+            return bool(flag.signum)
+        return step % 16 == 0 and distributed.any_rank(bool(flag.signum), device)  # all ranks stop together
+
+    debug_dir = os.environ.get("MNIST_CNN_DEBUG_INDICES")  # tests: each rank appends the indices it trained on
+    with flag:
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            gen_state = generator.get_state()  # saved if this epoch is interrupted: the same permutation again
+            batches = distributed.shard_batches(torch.randperm(n, generator=generator), cfg.batch_size, world)
+            skip = start_step if epoch == start_epoch else 0
+            with tqdm(total=sum(b.numel() for b in batches), initial=sum(b.numel() for b in batches[:skip]),
+                      desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False,
+                      disable=cfg.quiet or not world.main or not sys.stderr.isatty()) as bar:
+                loss_sum, seen, steps = train_epoch(trained, opt, data.train_images, data.train_labels,
+                                                    batches[skip:], dtype, bar, stop)
+            if debug_dir:
+                with open(os.path.join(debug_dir, f"rank{world.rank}.txt"), "a") as f:
+                    f.write(" ".join(map(str, torch.cat(batches[skip:skip + steps]).tolist())) + "\n")
+            loss_sum, seen = distributed.all_reduce_sum([loss_sum.item(), seen], device)
+            loss_sum, seen = loss_sum + carry["loss_sum"], seen + carry["seen"]
+            seconds_before, carry = carry["seconds"], {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+            train_loss = loss_sum / max(seen, 1)
+            if not math.isfinite(train_loss):
+                last = f"; the last good checkpoint (epoch {epoch - 1}) is untouched" if cfg.save and epoch > 1 else ""
+                raise MnistCnnError(f"epoch {epoch}: training loss became {train_loss} (diverged); "
+                                    f"try a lower --lr than {cfg.lr:g}{last}")
+            if skip + steps < len(batches):  # a signal: save the position, say how to go on
+                save(epoch - 1, skip + steps, gen_state,
+                     {"loss_sum": loss_sum, "seen": seen, "seconds": seconds_before + time.perf_counter() - t0})
+                signum = flag.signum or signal.SIGTERM
+                saved = (f"saved {resume.state_path(cfg.out)}; resume with: {resume_command(cfg, world)}"
+                         if cfg.save else "nothing saved")
+                raise resume.Interrupted(signum, f"interrupted by {signal.Signals(signum).name} in epoch "
+                                                 f"{epoch}/{cfg.epochs} at step {skip + steps}/{len(batches)}; "
+                                                 f"{saved}")
+            train_seconds = seconds_before + time.perf_counter() - t0
+            ev = evaluate_shared(model, data, dtype, world, device)
+            seconds = seconds_before + time.perf_counter() - t0
+            history.append({"epoch": epoch, "train_loss": train_loss, "test_loss": ev["loss"],
+                            "test_accuracy": ev["accuracy"], "seconds": seconds, "train_seconds": train_seconds})
+            log(f"epoch {epoch}/{cfg.epochs}  train loss {train_loss:.4f}  test loss {ev['loss']:.4f}  "
+                f"test accuracy {100 * ev['accuracy']:.2f}%  {seconds:.1f}s")
+            save(epoch, 0, generator.get_state(), {"loss_sum": 0.0, "seen": 0, "seconds": 0.0})
     return model, history
 
 
