@@ -271,11 +271,6 @@ def _train(cfg, state, data, device, world, log):
         trained = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    where = f"{world.size} processes ({per_rank} per process), " if world.size > 1 else ""
-    log(f"training on {device} ({str(dtype).removeprefix('torch.')}), {n:,} images, {where}batch {cfg.batch_size}, "
-        f"{cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs"
-        + (f", resuming at epoch {start_epoch} step {start_step}" if state is not None else ""))
-
     def save(epoch_done: int, step: int, gen_state: torch.Tensor, partial: dict):
         rngs = distributed.gather_objects(torch.get_rng_state(), world)  # collective: every rank takes part
         if not (cfg.save and world.main):
@@ -299,7 +294,11 @@ def _train(cfg, state, data, device, world, log):
         return step % 16 == 0 and distributed.any_rank(bool(flag.signum), device)  # all ranks stop together
 
     debug_dir = os.environ.get("MNIST_CNN_DEBUG_INDICES")  # tests: each rank appends the indices it trained on
-    with flag:
+    with flag:  # from here on a Ctrl-C or SIGTERM ends training with a save
+        where = f"{world.size} processes ({per_rank} per process), " if world.size > 1 else ""
+        log(f"training on {device} ({str(dtype).removeprefix('torch.')}), {n:,} images, {where}"
+            f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g}, {cfg.epochs} epochs"
+            + (f", resuming at epoch {start_epoch} step {start_step}" if state is not None else ""))
         for epoch in range(start_epoch, cfg.epochs + 1):
             t0 = time.perf_counter()
             gen_state = generator.get_state()  # saved if this epoch is interrupted: the same permutation again
