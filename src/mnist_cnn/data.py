@@ -78,7 +78,10 @@ def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
     expected = header + math.prod(dims)  # Python ints: np.prod in int64 wraps (65536**4 == 0) and let junk through
     if len(raw) != expected:
         raise DataError(f"{name}: truncated or padded IDX file ({len(raw)} bytes, header says {expected})")
-    return np.frombuffer(raw, dtype=IDX_DTYPES[dtype_code], offset=header).reshape(dims)
+    try:
+        return np.frombuffer(raw, dtype=IDX_DTYPES[dtype_code], offset=header).reshape(dims)
+    except ValueError:  # e.g. dims (0, 3e9, 3e9): no bytes, but a shape numpy cannot represent (found by fuzzing)
+        raise DataError(f"{name}: impossible IDX shape {dims}") from None
 
 
 def encode_idx(array: np.ndarray) -> bytes:
