@@ -63,6 +63,8 @@ def add_train(sub):
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON at the end")
     add_reliability_flags(p)
+    p.add_argument("--augment", action="store_true",
+                   help="random rotation/shear/scale/shift and stroke weight per image: copes with real handwriting")
     add_model_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -86,7 +88,8 @@ def cmd_train(args):
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       seed=args.seed, device=args.device, precision=args.precision, data_dir=args.data_dir,
                       out=args.out, quiet=args.quiet, train_subset=args.train_subset,
-                      deterministic=args.deterministic, resume=args.resume, save=True, model=model_config(args))
+                      deterministic=args.deterministic, resume=args.resume, save=True, model=model_config(args),
+                      augment=args.augment)
     quiet_log = args.quiet or args.json
     model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)  # saves after every epoch
     if not env_world().main:  # under torchrun only rank 0 speaks
@@ -147,6 +150,137 @@ def cmd_data(args):
 
 
 # -----------------------------------------------------------------------------
+# serve
+
+
+def add_serve(sub):
+    p = sub.add_parser("serve", help="the web page: draw a digit, watch the network think (and a JSON API)")
+    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    add_data_dir(p)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads for the forward pass (default 1: one image is too small to split)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args):
+    import ipaddress
+    import logging
+    import socket
+
+    import torch
+    import uvicorn
+
+    from mnist_cnn.web.app import create_app
+
+    if args.threads < 1:
+        raise MnistCnnError(f"--threads must be at least 1, got {args.threads}")
+    if not 0 <= args.port <= 65535:
+        raise MnistCnnError(f"--port must be in 0..65535, got {args.port}")
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(args.model, args.data_dir)  # loads the model once, now: a bad --model is one line
+    try:  # bind here, so a busy port or bad host is one line too, not uvicorn's traceback
+        info = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+    except OSError as e:
+        raise MnistCnnError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"serving {args.model} on http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)", flush=True)
+    if not ipaddress.ip_address(host).is_loopback:
+        print(f"note: listening on {host}, reachable from other machines; the app has no authentication",
+              file=sys.stderr)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=2))
+    server.run(sockets=[sock])
+
+
+# -----------------------------------------------------------------------------
+# summary
+
+
+def add_summary(sub):
+    p = sub.add_parser("summary", help="per-layer shapes, formulas, parameters, MACs, receptive fields")
+    p.add_argument("--model", default=None, help="read the architecture from this checkpoint instead of the flags")
+    p.add_argument("--json", action="store_true")
+    add_model_flags(p)
+    p.set_defaults(func=cmd_summary)
+
+
+def cmd_summary(args):
+    from mnist_cnn import checkpoint
+    from mnist_cnn.explain import format_summary, summary
+
+    cfg = checkpoint.load(args.model)[0].cfg if args.model else model_config(args)
+    s = summary(cfg)
+    print_json(s) if args.json else print(format_summary(s))
+
+
+# -----------------------------------------------------------------------------
+# explain
+
+
+def add_explain(sub):
+    p = sub.add_parser("explain", help="one figure of every layer's output, the softmax and a saliency map")
+    p.add_argument("image", nargs="?", help="an image file (PNG, JPG, ...) of a digit")
+    p.add_argument("--test-index", type=int, default=None, help="use MNIST test image N instead of a file")
+    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--out", default="explain.png", help="figure path (PNG)")
+    p.add_argument("--filters", action="store_true", help="also draw the learned conv1/conv2 kernels "
+                   "(to OUT with _filters before the suffix)")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args):
+    from pathlib import Path
+
+    from mnist_cnn import checkpoint
+    from mnist_cnn.errors import MnistCnnError
+    from mnist_cnn.explain import figure_explain, figure_filters
+
+    if (args.image is None) == (args.test_index is None):
+        raise MnistCnnError("give exactly one of IMAGE or --test-index N")
+    model, _ = checkpoint.load(args.model)
+    label = None
+    if args.test_index is not None:
+        from mnist_cnn.data import load_mnist, normalize
+
+        data = load_mnist(args.data_dir, quiet=args.json)
+        n = data.test_images.shape[0]
+        if not 0 <= args.test_index < n:
+            raise MnistCnnError(f"--test-index must be in 0..{n - 1}, got {args.test_index}")
+        x = normalize(data.test_images[args.test_index:args.test_index + 1])  # (1, 1, 28, 28)
+        label, caption = int(data.test_labels[args.test_index]), f"MNIST test image {args.test_index}"
+    else:
+        try:
+            from mnist_cnn.preprocess import preprocess
+        except ImportError:
+            raise MnistCnnError("explaining an image file needs mnist_cnn.preprocess, which this install lacks; "
+                                "use --test-index N") from None
+        x, caption = preprocess(args.image), Path(args.image).name  # (1, 28, 28)
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise MnistCnnError(f"--out {out}: folder {out.parent} does not exist")
+    result = figure_explain(model, x, str(out), caption, label)
+    if args.filters:
+        result["filters_figure"] = str(out.with_name(out.stem + "_filters.png"))
+        figure_filters(model, result["filters_figure"])
+    if args.json:
+        print_json(result)
+    else:
+        top = sorted(range(len(result["probabilities"])), key=lambda c: -result["probabilities"][c])[:3]
+        print(f"{caption}: predicted {result['prediction']} "
+              + ", ".join(f"p({c}) = {result['probabilities'][c]:.4f}" for c in top)
+              + ("" if label is None else f"; true label {label}"))
+        print(f"wrote {out}" + (f" and {result['filters_figure']}" if args.filters else ""))
+
+
+# -----------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
@@ -155,7 +289,7 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_data):
+    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_serve):
         add(sub)
     return parser
 

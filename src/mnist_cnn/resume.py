@@ -73,8 +73,9 @@ def load_state(path: str | Path) -> dict:
             raise CheckpointError(f"{path}: training state is missing or has a bad '{key}'")
     if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
         raise CheckpointError(f"{path}: training state's model is not a state_dict")
-    if not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in
-               [state["generator"], *state["torch_rng"]]):
+    augment_rng = state.get("augment_rng") or []
+    if not isinstance(augment_rng, list) or not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in
+                                                    [state["generator"], *state["torch_rng"], *augment_rng]):
         raise CheckpointError(f"{path}: training state has bad RNG states")
     if state["epoch"] < 0 or state["step"] < 0:
         raise CheckpointError(f"{path}: training state has a negative epoch or step")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn import distributed, resume
+from mnist_cnn.augment import augment as random_distortion
 from mnist_cnn.data import MNIST, load_mnist, normalize
 from mnist_cnn.errors import CheckpointError, ConfigError, MnistCnnError
 from mnist_cnn.evaluate import evaluate
@@ -43,6 +44,7 @@ class TrainConfig:
     data_dir: str = "data"
     out: str = "mnist_cnn_model.pth"
     quiet: bool = False
+    augment: bool = False  # random affine + stroke weight per image, per batch on the device (augment.py)
     train_subset: int | None = None  # train on the first N training images only (small budgets, tests)
     deterministic: bool = False  # bit-identical weights for a seed on CPU (implies --seed 0 if none)
     resume: bool = False  # continue the run whose state is beside `out` (resume.py)
@@ -116,11 +118,12 @@ def make_optimizer(cfg: TrainConfig, model: Net) -> torch.optim.Optimizer:
     return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
 
 
-def train_epoch(model, opt, images, labels, batches, dtype, bar=None, stop=None):
+def train_epoch(model, opt, images, labels, batches, dtype, bar=None, stop=None, augment_generator=None):
     """Train on `batches` (index tensors, one per step) in order; returns (loss sum as a 0-d tensor, samples, steps).
 
     The loss sum stays on the device (no host sync per step). `stop(step)` is asked before each step; when it
-    says True the epoch ends early (a signal arrived) and the caller saves the position.
+    says True the epoch ends early (a signal arrived) and the caller saves the position. With an
+    `augment_generator` each batch is randomly distorted (augment.py) with numbers drawn from it.
     """
     model.train()
     device = images.device
@@ -130,7 +133,10 @@ def train_epoch(model, opt, images, labels, batches, dtype, bar=None, stop=None)
         if stop is not None and stop(step):
             return loss_sum, seen, step
         idx = idx.to(device, non_blocking=True)
-        x = normalize(images[idx]).contiguous(memory_format=torch.channels_last)  # (B, 1, 28, 28)
+        x = normalize(images[idx])  # (B, 1, 28, 28)
+        if augment_generator is not None:
+            x = random_distortion(x, augment_generator)
+        x = x.contiguous(memory_format=torch.channels_last)
         y = labels[idx]  # (B,)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = F.cross_entropy(model(x), y)
@@ -225,6 +231,9 @@ def _train(cfg, state, data, device, world, log):
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed + world.rank)  # dropout masks differ between ranks; rank 0's init is used
     generator = torch.Generator().manual_seed(seed)
+    # augmentation draws per image, so ranks with different batch sizes would draw differently: its own generator,
+    # one per rank, keeps the permutation generator in step on all ranks
+    augment_generator = torch.Generator().manual_seed(seed + 7919 * (world.rank + 1)) if cfg.augment else None
 
     data = data or load_mnist(cfg.data_dir, quiet=cfg.quiet or not world.main)
     if cfg.train_subset is not None:
@@ -260,6 +269,9 @@ def _train(cfg, state, data, device, world, log):
         rngs = state["torch_rng"]
         if rngs:
             torch.set_rng_state(rngs[world.rank % len(rngs)])
+        augment_rngs = state.get("augment_rng") or []
+        if augment_generator is not None and augment_rngs:
+            augment_generator.set_state(augment_rngs[world.rank % len(augment_rngs)])
         if device.type == "cuda" and isinstance(state.get("cuda_rng"), torch.Tensor):
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         history, start_epoch, start_step = list(state["history"]), state["epoch"] + 1, state["step"]
@@ -273,6 +285,7 @@ def _train(cfg, state, data, device, world, log):
 
     def save(epoch_done: int, step: int, gen_state: torch.Tensor, partial: dict):
         rngs = distributed.gather_objects(torch.get_rng_state(), world)  # collective: every rank takes part
+        augment_rngs = distributed.gather_objects(augment_generator.get_state(), world) if cfg.augment else []
         if not (cfg.save and world.main):
             return
         if step == 0:  # a finished epoch: the plain checkpoint too
@@ -282,6 +295,7 @@ def _train(cfg, state, data, device, world, log):
             "model_config": cfg.model.to_dict(), "train_args": train_args(cfg),
             "optimizer": opt.state_dict(), "scheduler": None,
             "epoch": epoch_done, "step": step, "generator": gen_state, "torch_rng": rngs,
+            "augment_rng": augment_rngs,
             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
             "history": history, "partial": partial, "world_size": world.size,
         })
@@ -308,7 +322,7 @@ def _train(cfg, state, data, device, world, log):
                       desc=f"epoch {epoch}/{cfg.epochs}", unit="img", leave=False,
                       disable=cfg.quiet or not world.main or not sys.stderr.isatty()) as bar:
                 loss_sum, seen, steps = train_epoch(trained, opt, data.train_images, data.train_labels,
-                                                    batches[skip:], dtype, bar, stop)
+                                                    batches[skip:], dtype, bar, stop, augment_generator)
             if debug_dir:
                 with open(os.path.join(debug_dir, f"rank{world.rank}.txt"), "a") as f:
                     f.write(" ".join(map(str, torch.cat(batches[skip:skip + steps]).tolist())) + "\n")

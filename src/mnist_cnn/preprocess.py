@@ -1,0 +1,324 @@
+"""Any digit image -> the 1x28x28 tensor the network expects, made the way MNIST's digits were made.
+
+A 99% model fails on a user's own digit because the digit is nothing like MNIST's: dark ink on white paper,
+off-centre, large, coloured, transparent. MNIST (LeCun et al.) took NIST's binary scans, scaled each digit so
+that it fits a 20x20 box keeping its aspect ratio (anti-aliased, hence the grey edges) and put that box in a
+28x28 field with the centre of mass of the pixels at the centre. We redo exactly that, after first undoing
+what a photo, a scan or a browser canvas adds:
+
+    source (path, bytes, file, PIL image, numpy array)
+      load_image            PIL image; Pillow's pixel limit enforced, every failure -> PreprocessError
+      flatten_transparency  RGBA canvas strokes -> opaque, on the background that contrasts with the ink
+      to_grayscale          any mode (1, L, P, RGB, I;16, I, F) -> float (H, W) in [0, 1]
+      white_on_black        polarity from the background (the border): MNIST's ink is bright on black
+      remove_background     subtract the (possibly uneven) paper level, cut its noise, stretch ink to 1
+      crop_to_ink           bounding box of the ink, ignoring faint specks
+      scale_to_box          longer side -> 20 px, aspect kept, anti-aliased (area average)
+      center_by_mass        into 28x28 with the centre of mass at pixel (14, 14)
+    uint8 (28, 28) -> normalize exactly as training: (x/255 - 0.5) / 0.5 -> float (1, 28, 28)
+
+Measured on the MNIST test set (see tests/test_preprocess.py): the pipeline maps MNIST's own digits to
+themselves in effect (MNIST's centre of mass in index coordinates is (13.99, 14.01) on average, std 0.29,
+and the longer side of every digit's ink box but 3 of 10,000 is exactly 20 px).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from mnist_cnn.data import MEAN, STD
+from mnist_cnn.errors import MnistCnnError
+
+# A decompression bomb (a small file that decodes to gigapixels) must not take the machine down. 40 Mpx is
+# far above any digit photo (a 3000x3000 scan is 9 Mpx) and a 40 Mpx grayscale decode is 40 MB.
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and refuses above twice this; we refuse above it
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently half-grey
+
+BOX = 20  # MNIST's digits fit a 20x20 box ...
+SIDE = 28  # ... centred by mass in a 28x28 field
+CENTER = 14.0  # where MNIST's centre of mass sits, in pixel-index coordinates (measured: 13.99, 14.01)
+
+
+class PreprocessError(MnistCnnError):
+    """An image we cannot turn into a digit: unreadable, truncated, too large, or blank."""
+
+
+# -----------------------------------------------------------------------------
+# reading: anything a user may hand us -> a decoded PIL image
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    """numpy (H, W) grayscale or (H, W, 3|4) RGB(A) -> PIL. Floats in [0, 1] are taken as intensities."""
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or 0 in a.shape:
+        raise PreprocessError(f"array of shape {a.shape} is not an image (want HxW, HxWx3 or HxWx4)")
+    if a.shape[0] * a.shape[1] > MAX_PIXELS:
+        raise PreprocessError(f"array of {a.shape[0]}x{a.shape[1]} pixels is over the {MAX_PIXELS:,} pixel limit")
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise PreprocessError("array has NaN or infinite pixels")
+        a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).round().astype(np.uint8)
+    elif a.dtype == np.uint16 and a.ndim == 2:
+        return Image.fromarray(a.astype(np.int32), mode="I")  # 16-bit grayscale: to_grayscale scales it
+    elif a.dtype != np.uint8:
+        a = np.clip(a, 0, 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(a))
+
+
+def load_image(source) -> Image.Image:
+    """A path, bytes, binary file, PIL image or numpy array -> a fully decoded PIL image (first frame).
+
+    Every way a file can be bad (missing, empty, not an image, truncated, over the pixel limit) ends in a
+    PreprocessError that names the problem; nothing from Pillow or the OS escapes.
+    """
+    if isinstance(source, Image.Image):
+        w, h = source.size
+        if w * h > MAX_PIXELS:
+            raise PreprocessError(f"image of {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit")
+        return source
+    if isinstance(source, np.ndarray):
+        return _from_array(source)
+    if isinstance(source, torch.Tensor):
+        return _from_array(source.detach().cpu().numpy())
+    name = "image"
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            name = str(source)
+            if Path(source).is_dir():
+                raise PreprocessError(f"{name}: is a folder, not an image")
+            raw = Path(source).read_bytes()
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            raw = bytes(source)
+        elif hasattr(source, "read"):
+            name = getattr(source, "name", name)
+            raw = source.read()
+            if not isinstance(raw, bytes):
+                raise PreprocessError(f"{name}: file is open in text mode; open it with 'rb'")
+        else:
+            raise PreprocessError(f"cannot read an image from a {type(source).__name__}")
+    except OSError as e:
+        raise PreprocessError(f"{name}: cannot read ({e.strerror or e})") from None
+    if not raw:
+        raise PreprocessError(f"{name}: empty file")
+    return _decode(raw, name)
+
+
+def _decode(raw: bytes, name: str) -> Image.Image:
+    """Bytes -> decoded PIL image. The size is checked from the header before any pixel is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw))
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise PreprocessError(f"{name}: image of {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit "
+                                      f"(a decompression bomb?)")
+            img.load()  # decode now, so a truncated file fails here and not later
+    except PreprocessError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise PreprocessError(f"{name}: over the {MAX_PIXELS:,} pixel limit (a decompression bomb?): {e}") from None
+    except UnidentifiedImageError:
+        raise PreprocessError(f"{name}: not an image Pillow can read") from None
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, EOFError... on bad data
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg.lower() or isinstance(e, EOFError):
+            raise PreprocessError(f"{name}: truncated or damaged image file ({msg})") from None
+        raise PreprocessError(f"{name}: damaged image file ({msg})") from None
+    return img
+
+
+# -----------------------------------------------------------------------------
+# the steps, in order: each takes and returns one image
+
+
+def flatten_transparency(img: Image.Image) -> Image.Image:
+    """Composite transparent pixels onto a background that contrasts with the ink.
+
+    A browser canvas exports strokes on fully transparent pixels whose colour is usually (0, 0, 0, 0):
+    dropping alpha would give black ink on black. We put the opaque pixels (the ink) on white if they are
+    dark, on black if they are light, so the strokes stay visible whatever colour they were drawn in.
+    """
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    if not has_alpha:
+        return img
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
+    alpha = rgba[..., 3]
+    if alpha.min() >= 1.0:  # an alpha channel that is opaque everywhere changes nothing
+        return img.convert("RGB")
+    luma = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (H, W)
+    weight = alpha.sum()
+    ink_luma = float((luma * alpha).sum() / weight) if weight > 0 else 0.0
+    # if most of the canvas is opaque, the opaque part is paper, not ink: keep its own colours and fill the
+    # holes with the colour of that paper; else the opaque part is the ink: fill with its opposite
+    bg = 1.0 - ink_luma if alpha.mean() < 0.5 else ink_luma
+    bg = 1.0 if bg >= 0.5 else 0.0
+    rgb = rgba[..., :3] * alpha[..., None] + bg * (1.0 - alpha[..., None])
+    return Image.fromarray(np.round(rgb * 255).astype(np.uint8), mode="RGB")
+
+
+def to_grayscale(img: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> float32 (H, W) in [0, 1], 0 = black.
+
+    16-bit scans (I;16) and 32-bit integer or float images keep their full range: dividing by 255 as for
+    8-bit would make almost every pixel white.
+    """
+    if img.mode.startswith("I;16"):
+        return np.asarray(img, dtype=np.float32) / 65535.0
+    if img.mode in ("I", "F"):
+        a = np.asarray(img, dtype=np.float32)
+        top = float(a.max()) if a.size else 0.0
+        scale = 1.0 if (img.mode == "F" and top <= 1.0) else 255.0 if top <= 255.0 else 65535.0
+        return np.clip(a / scale, 0.0, 1.0)
+    if img.mode != "L":
+        img = img.convert("RGB").convert("L") if img.mode not in ("1", "RGB") else img.convert("L")
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def background_level(gray: np.ndarray) -> float:
+    """The paper's grey level, from the image border (digits are drawn away from the edge)."""
+    border = np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+    return float(np.median(border))
+
+
+def white_on_black(gray: np.ndarray) -> np.ndarray:
+    """MNIST's ink is bright (255) on a black (0) background; dark ink on light paper is inverted.
+
+    The background decides, not the ink: the border is mostly paper. If the border is exactly mid-grey the
+    whole image's median (most pixels are paper) breaks the tie.
+    """
+    bg = background_level(gray)
+    if bg == 0.5:
+        bg = float(np.median(gray))
+    return 1.0 - gray if bg > 0.5 else gray
+
+
+def _tile_background(x: np.ndarray) -> np.ndarray:
+    """A smooth estimate of the paper level at every pixel: a low percentile per tile, interpolated.
+
+    A phone photo of paper is lit unevenly; one global level would either leave a grey shadow (which the
+    crop would take for ink) or eat faint strokes in the bright part. The 20th percentile of a tile is paper
+    as long as strokes cover less than 80% of it.
+    """
+    h, w = x.shape
+    ty = tx = int(np.clip(min(h, w) // 16, 1, 6))  # small images (MNIST's 28x28, an 8x8 icon): one level
+    ys = np.linspace(0, h, ty + 1).astype(int)
+    xs = np.linspace(0, w, tx + 1).astype(int)
+    grid = np.array([[np.percentile(x[ys[i]:ys[i + 1], xs[j]:xs[j + 1]], 20) for j in range(tx)]
+                     for i in range(ty)], dtype=np.float32)  # (ty, tx)
+    # a tile filled by a thick stroke reads as bright paper: the darkest neighbour is a safer guess
+    pad = np.pad(grid, 1, mode="edge")
+    grid = np.min([pad[a:a + ty, b:b + tx] for a in range(3) for b in range(3)], axis=0)
+    # bilinear interpolation of the tile centres to every pixel
+    cy = (ys[:-1] + ys[1:]) / 2 - 0.5
+    cx = (xs[:-1] + xs[1:]) / 2 - 0.5
+    rows = np.array([np.interp(np.arange(h), cy, grid[:, j]) for j in range(tx)]).T  # (h, tx)
+    return np.array([np.interp(np.arange(w), cx, r) for r in rows], dtype=np.float32)  # (h, w)
+
+
+def remove_background(x: np.ndarray) -> np.ndarray:
+    """Paper -> exactly 0, ink -> up to 1. MNIST's background is pure black and its strokes reach 255.
+
+    Subtract the (possibly uneven) paper level, then cut what is within the paper's own noise (grain, JPEG
+    ringing, sensor noise: 4 robust standard deviations of the background pixels), and stretch so that the
+    ink's 99th-percentile level is 1. A clean image (MNIST itself) has no paper noise and loses nothing.
+    """
+    x = x - _tile_background(x)
+    paper = x[x <= np.percentile(x, 50)]  # at least half of any digit image is paper
+    noise = 1.4826 * float(np.median(np.abs(paper - np.median(paper)))) if paper.size else 0.0
+    x = np.clip(x - 4.0 * noise, 0.0, None)
+    ink = x[x > 0]
+    if ink.size == 0:
+        return np.zeros_like(x)
+    top = float(np.percentile(ink, 99))
+    if top < 0.08:  # contrast under 8% of the full range after cutting noise: nothing was drawn
+        return np.zeros_like(x)
+    return np.clip(x / top, 0.0, 1.0).astype(np.float32)
+
+
+def crop_to_ink(x: np.ndarray) -> np.ndarray:
+    """Cut to the bounding box of the ink; the digit's size and place in the original do not matter.
+
+    A dust speck far from the digit would stretch the box, so rows and columns holding less than 1/50 of
+    the busiest row's (column's) ink at the outer edges are dropped.
+    """
+    if not (x > 0).any():
+        raise PreprocessError("no ink found: the image is blank (one colour, or contrast too low)")
+
+    def span(profile):  # first and last index whose ink mass counts
+        keep = np.nonzero(profile > profile.max() / 50)[0]
+        return keep[0], keep[-1] + 1
+
+    r0, r1 = span(x.sum(axis=1))
+    c0, c1 = span(x.sum(axis=0))
+    return x[r0:r1, c0:c1]
+
+
+def scale_to_box(x: np.ndarray, box: int = BOX) -> np.ndarray:
+    """Longer side -> 20 px, aspect ratio kept, anti-aliased, ink re-stretched to 1.
+
+    Shrinking averages areas (Pillow's BOX filter), which is what gives MNIST's strokes their grey edges;
+    enlarging a tiny image (8x8) interpolates bilinearly instead of making blocks. A 1-px pen line on a big
+    photo averages out to a faint grey at 20 px, so the result is stretched to reach 1 again.
+    """
+    h, w = x.shape
+    scale = box / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    y = np.asarray(Image.fromarray(x.astype(np.float32), mode="F").resize((nw, nh), resample), dtype=np.float32)
+    y = np.clip(y, 0.0, None)
+    top = float(y.max())
+    return y / top if top > 0 else y
+
+
+def center_by_mass(x: np.ndarray, side: int = SIDE, center: float = CENTER) -> np.ndarray:
+    """Put the box into a side x side field so that its centre of mass lands on pixel (14, 14).
+
+    MNIST shifted by whole pixels (its digits' centres of mass sit within half a pixel of (14, 14) in index
+    coordinates), so we do too: no sub-pixel resampling blur. Ink pushed over the edge by a lopsided digit
+    is clipped, as in MNIST.
+    """
+    h, w = x.shape
+    mass = float(x.sum())
+    cy = float((x.sum(axis=1) * np.arange(h)).sum() / mass)
+    cx = float((x.sum(axis=0) * np.arange(w)).sum() / mass)
+    top, left = int(round(center - cy)), int(round(center - cx))
+    out = np.zeros((side, side), dtype=np.float32)
+    r0, c0 = max(0, top), max(0, left)
+    r1, c1 = min(side, top + h), min(side, left + w)
+    if r1 > r0 and c1 > c0:
+        out[r0:r1, c0:c1] = x[r0 - top:r1 - top, c0 - left:c1 - left]
+    return out
+
+
+# -----------------------------------------------------------------------------
+# the whole pipeline
+
+
+def to_mnist(image: Image.Image) -> np.ndarray:
+    """PIL image -> uint8 (28, 28), white ink on black, 20x20 box centred by mass: an MNIST digit."""
+    x = to_grayscale(flatten_transparency(image))  # (H, W) in [0, 1]
+    x = remove_background(white_on_black(x))  # (H, W), paper 0, ink up to 1
+    x = center_by_mass(scale_to_box(crop_to_ink(x)))  # (28, 28)
+    return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def normalize_image(image28: np.ndarray) -> torch.Tensor:
+    """uint8 (28, 28) -> float32 (1, 28, 28), exactly as training: ToTensor then Normalize((0.5,), (0.5,))."""
+    return torch.from_numpy(image28.astype(np.float32)).div_(255.0).sub_(MEAN).div_(STD).unsqueeze(0)
+
+
+def preprocess(source) -> torch.Tensor:
+    """A path, bytes, file, PIL image or array -> normalized float32 (1, 28, 28) ready for the network."""
+    return normalize_image(to_mnist(load_image(source)))

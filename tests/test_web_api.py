@@ -1,0 +1,300 @@
+"""The web API through FastAPI's TestClient: right answers for good input, 4xx with a message for bad input,
+413 past 2 MB however the body arrives, never a 5xx for anything a client can send."""
+
+import base64
+import io
+import json
+import logging
+import threading
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from webutil import tiny_model
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from mnist_cnn.data import normalize  # noqa: E402
+from mnist_cnn.web.app import MAX_BODY, STATIC, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, mnist, mnist_dir):
+    return create_app(tiny_model(tmp_path_factory.getbasetemp(), mnist), mnist_dir)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_health_page_and_static_files(client):
+    assert client.get("/healthz").json()["status"] == "ok"
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="pad"' in page.text and "text/html" in page.headers["content-type"]
+    for name in ("app.js", "style.css", "index.html"):
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and r.content == (STATIC / name).read_bytes()
+        assert "http://" not in r.text and "https://" not in r.text, f"{name} fetches from outside the server"
+
+
+@pytest.mark.parametrize("path", ["/static/../app.py", "/static/%2e%2e/app.py", "/static/..%2fapp.py",
+                                  "/static/%2e%2e%2f%2e%2e%2f__init__.py", "/static//etc/passwd",
+                                  "/static/..%5capp.py", "/static/%00"])
+def test_no_path_traversal(client, path):
+    r = client.get(path)
+    assert r.status_code in (400, 404), (path, r.status_code)
+    assert "create_app" not in r.text and "root:" not in r.text
+
+
+def test_predict_json_pixels_matches_the_model(client, app, mnist):
+    model = app.state.engine.model
+    for i in range(5):
+        pixels = mnist.test_images[i]
+        r = client.post("/api/predict", json={"pixels": pixels.tolist()})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        with torch.no_grad():
+            want = torch.softmax(model(normalize(pixels[None])), 1)[0]
+        assert len(out["probabilities"]) == 10 and abs(sum(out["probabilities"]) - 1) < 1e-5
+        assert np.allclose(out["probabilities"], want.numpy(), atol=1e-5)  # batched: rounding may differ
+        assert out["prediction"] == int(want.argmax()) and "activations" not in out
+        assert out["input_28x28"] == pixels.tolist()  # JSON pixels are the network's input as they are
+        flat = client.post("/api/predict", json={"pixels": pixels.flatten().tolist()}).json()
+        assert flat["probabilities"] == out["probabilities"]
+
+
+def test_predict_with_activations(client):
+    seven = np.zeros((28, 28), np.uint8)
+    seven[6:8, 7:22] = 255
+    for r in range(8, 23):
+        seven[r, 20 - (r - 8) * 9 // 14:22 - (r - 8) * 9 // 14] = 255
+    for how in ({"params": {"activations": "true"}, "json": {"pixels": seven.tolist()}},
+                {"json": {"pixels": seven.tolist(), "activations": True}}):
+        out = client.post("/api/predict", **how).json()
+        shapes = {k: v["shape"] for k, v in out["activations"].items()}
+        assert shapes == {"conv1": [32, 26, 26], "pool1": [32, 13, 13], "conv2": [64, 11, 11],
+                          "pool2": [64, 5, 5], "fc1": [128]}
+        for layer in out["activations"].values():
+            data = np.frombuffer(base64.b64decode(layer["data"]), np.uint8)
+            assert data.size == np.prod(layer["shape"]) and len(layer["max"]) == (layer["shape"][0] if
+                                                                                  len(layer["shape"]) == 3 else 1)
+            assert data.max() == 255  # every layer has some active unit for a drawn 7, scaled to its maximum
+
+
+def test_predict_upload_like_a_photo(client, mnist):
+    """A test digit as a user would photograph it: dark ink on white, 4x larger, off-centre, as PNG."""
+    digit = mnist.test_images[0].numpy()  # a 7
+    big = np.full((160, 140), 255, np.uint8)
+    big[10:122, 20:132] = 255 - np.kron(digit, np.ones((4, 4), np.uint8))
+    for how in ({"files": {"file": ("seven.png", png(big), "image/png")}},
+                {"content": png(big), "headers": {"Content-Type": "image/png"}}):
+        r = client.post("/api/predict", **how)
+        assert r.status_code == 200, r.text
+        seen = np.array(r.json()["input_28x28"])
+        assert seen.shape == (28, 28) and seen.max() > 200 and seen[0].max() == 0  # white on black, centred
+        assert r.json()["prediction"] == int(mnist.test_labels[0])
+
+
+def test_sample_and_model(client, mnist):
+    s = client.get("/api/sample", params={"index": 3}).json()
+    assert s["label"] == int(mnist.test_labels[3]) and s["pixels"] == mnist.test_images[3].tolist()
+    assert s["count"] == 10_000
+    assert 0 <= client.get("/api/sample").json()["index"] < 10_000
+    for bad in ("10000", "-1", "x", "1e3", ""):
+        r = client.get("/api/sample", params={"index": bad})
+        assert r.status_code == 422 and r.json()["detail"], bad
+    m = client.get("/api/model").json()
+    assert m["params"] == 225_034 and m["checkpoint"] == "web-tiny.pth"
+    assert [layer["name"] for layer in m["summary"]["layers"]] == ["input", "conv1", "pool1", "conv2", "pool2",
+                                                                   "flatten", "fc1", "fc2"]
+    assert 0.5 < m["test_accuracy"] <= 1
+
+
+def test_openapi_documents_both_bodies(client):
+    spec = client.get("/openapi.json").json()
+    content = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(content)
+    assert {"/api/model", "/api/sample", "/healthz"} <= set(spec["paths"])
+    assert client.get("/docs").status_code == 200
+
+
+J = "application/json"
+BAD = [  # (content type, body, expected status, words the message must contain)
+    (J, b"{not json", 400, "not valid JSON"),
+    (J, b"\xff\xfe", 400, "not valid JSON"),
+    (J, b"[" * 100_000 + b"]" * 100_000, 400, "not valid JSON"),
+    (J, b"[1, 2, 3]", 422, "pixels"),
+    (J, b'{"pix": []}', 422, "pixels"),
+    (J, json.dumps({"pixels": [[0] * 28] * 27}).encode(), 422, "shape [27, 28]"),
+    (J, json.dumps({"pixels": [0] * 785}).encode(), 422, "shape [785]"),
+    (J, json.dumps({"pixels": [[0] * 28] * 27 + [[0] * 27]}).encode(), 422, "28x28"),
+    (J, json.dumps({"pixels": [256] + [0] * 783}).encode(), 422, "0..255"),
+    (J, json.dumps({"pixels": [-1] + [0] * 783}).encode(), 422, "0..255"),
+    (J, b'{"pixels": [NaN' + b", 0" * 783 + b"]}", 422, "NaN"),
+    (J, b'{"pixels": [Infinity' + b", 0" * 783 + b"]}", 422, "NaN or infinity"),
+    (J, b'{"pixels": [1e400' + b", 0" * 783 + b"]}", 422, "NaN or infinity"),
+    (J, b'{"pixels": [' + b"9" * 400 + b", 0" * 783 + b"]}", 422, "pixels"),
+    (J, json.dumps({"pixels": ["1"] * 784}).encode(), 422, "numbers"),
+    (J, json.dumps({"pixels": [True] * 784}).encode(), 422, "numbers"),
+    (J, json.dumps({"pixels": [None] * 784}).encode(), 422, "numbers"),
+    (J, json.dumps({"pixels": 7}).encode(), 422, "shape []"),
+    (J, json.dumps({"pixels": [0] * 784, "activations": "maybe"}).encode(), 422, "activations"),
+    ("text/plain", b"hello", 415, "JSON"),
+    ("", b"hello", 415, "JSON"),
+    ("image/png", b"", 400, "empty"),
+    ("image/png", b"GIF89a not really", 400, "image"),
+    ("image/png", png(np.zeros((50, 50), np.uint8)), 400, "blank"),
+    ("image/png", png(np.zeros((50, 50), np.uint8))[:60], 400, "image"),
+    ("multipart/form-data; boundary=xyz", b"--xyz\r\nbroken", 400, "multipart"),
+    ("multipart/form-data", b"no boundary", 400, ""),
+]
+
+
+@pytest.mark.parametrize("kind, body, status, says", BAD, ids=[f"{i}:{b[2]}" for i, b in enumerate(BAD)])
+def test_bad_input_is_4xx_with_a_message(client, kind, body, status, says):
+    r = client.post("/api/predict", content=body, headers={"Content-Type": kind} if kind else {})
+    assert r.status_code == status, (r.status_code, r.text[:300])
+    assert says in r.json()["detail"]
+
+
+def test_bad_uploads(client):
+    cases = [({"file": ("x.png", b"not an image", "image/png")}, None, "image"),
+             ({"file": ("x.png", b"", "image/png")}, None, "empty"),
+             ({"other": ("x.png", png(np.zeros((9, 9), np.uint8)), "image/png")}, None, "'file'"),
+             ({"other": ("x.png", b"", "image/png")}, {"file": "a string, not a file"}, "'file'")]
+    for files, data, says in cases:
+        r = client.post("/api/predict", files=files, data=data)
+        assert r.status_code == 400 and says in r.json()["detail"], r.text
+
+
+def test_decompression_bomb_is_refused(client):
+    bomb = png(np.zeros((8000, 8000), np.uint8))  # 64 Mpx of black: ~60 kB of PNG
+    assert len(bomb) < MAX_BODY
+    r = client.post("/api/predict", files={"file": ("bomb.png", bomb, "image/png")})
+    assert r.status_code == 400 and "pixel" in r.json()["detail"]
+
+
+def test_bodies_over_2mb_are_413_however_sent(client):
+    big = b"0" * (MAX_BODY + 1)
+    r = client.post("/api/predict", content=big, headers={"Content-Type": J})  # with Content-Length
+    assert r.status_code == 413 and "larger than" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: Transfer-Encoding chunked, 64 kB at a time
+        for _ in range(40):
+            yield b"0" * 65536
+
+    r = client.post("/api/predict", content=chunks(), headers={"Content-Type": J})
+    assert r.status_code == 413
+    r = client.post("/api/predict", files={"file": ("big.png", big, "image/png")})
+    assert r.status_code == 413
+    r = client.post("/api/predict", content=b"{}", headers={"Content-Type": J, "Content-Length": "99999999999"})
+    assert r.status_code == 413
+    just_under = json.dumps({"pixels": [0] * 784}).encode().ljust(MAX_BODY, b" ")
+    assert client.post("/api/predict", content=just_under, headers={"Content-Type": J}).status_code == 200
+
+
+def test_concurrent_requests_get_their_own_answers(client, mnist):
+    """16 threads, each posting different digits (batched together by the server): every answer is the one the
+    digit gets alone."""
+    alone = {i: client.post("/api/predict", json={"pixels": mnist.test_images[i].tolist()}).json()["probabilities"]
+             for i in range(16)}
+    wrong = []
+
+    def worker(i):
+        for _ in range(8):
+            got = client.post("/api/predict", json={"pixels": mnist.test_images[i].tolist(),
+                                                    "activations": i % 2 == 0}).json()["probabilities"]
+            if not np.allclose(got, alone[i], atol=1e-5):
+                wrong.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
+def test_a_bug_is_a_logged_500_not_a_crash(app, caplog, monkeypatch):
+    """The catch-all: an exception that is nobody's input error (simulated) -> 500 JSON, logged with traceback."""
+    def broken(*a, **k):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(app.state.engine.model, "forward", broken)  # fails inside the forward thread
+    with caplog.at_level(logging.ERROR, logger="mnist_cnn.web"):
+        r = TestClient(app, raise_server_exceptions=False).post("/api/predict", json={"pixels": [0] * 784})
+    assert r.status_code == 500 and "internal" in r.json()["detail"]
+    assert "simulated bug" in caplog.text
+    monkeypatch.undo()  # the forward thread survived the bug and serves the next request
+    assert TestClient(app).post("/api/predict", json={"pixels": [0] * 784}).status_code == 200
+
+
+def test_one_log_line_per_request(client, caplog):
+    with caplog.at_level(logging.INFO, logger="mnist_cnn.web"):
+        client.get("/healthz")
+        client.post("/api/predict", json={"pixels": [0] * 784})
+        client.get("/nope")
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_cnn.web"]
+    assert len(lines) == 3
+    assert "GET /healthz 200" in lines[0] and "POST /api/predict 200" in lines[1] and "GET /nope 404" in lines[2]
+
+
+# -----------------------------------------------------------------------------
+# fuzzing: whatever a client sends, the answer is never a 5xx
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers(-300, 300) | st.floats() | st.text(max_size=5),
+                           lambda inner: st.lists(inner, max_size=30) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                         max_size=4),
+                           max_leaves=60)
+kinds = st.sampled_from(["application/json", "multipart/form-data", "multipart/form-data; boundary=b",
+                         "image/png", "image/jpeg", "text/plain", "", "application/json; charset=latin-1"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=kinds, body=st.binary(max_size=3000))
+def test_fuzzed_bytes_never_5xx(client, kind, body):
+    r = client.post("/api/predict", content=body, headers={"Content-Type": kind} if kind else {})
+    assert r.status_code < 500, (kind, body[:100], r.text[:200])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pixels=json_values | st.lists(st.lists(st.integers(-5, 260) | st.floats(), min_size=28, max_size=28),
+                                     min_size=27, max_size=29),
+       extra=st.dictionaries(st.sampled_from(["activations", "x"]), json_values, max_size=2),
+       query=st.text(max_size=20))
+def test_fuzzed_json_never_5xx(client, pixels, extra, query):
+    body = json.dumps({"pixels": pixels, **extra})  # NaN and Infinity included, as Python's json writes them
+    r = client.post("/api/predict", params={"activations": query} if query else None, content=body,
+                    headers={"Content-Type": J})
+    assert r.status_code < 500, (pixels, extra, query, r.text[:200])
+    if r.status_code == 200:
+        assert abs(sum(r.json()["probabilities"]) - 1) < 1e-4
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(w=st.integers(1, 300), h=st.integers(1, 300), mode=st.sampled_from(["L", "RGB", "RGBA", "1", "P", "I;16"]),
+       fmt=st.sampled_from(["PNG", "BMP", "GIF", "TIFF", "WEBP", "JPEG"]), seed=st.integers(0, 2**16),
+       cut=st.integers(0, 400))
+def test_fuzzed_images_never_5xx(client, w, h, mode, fmt, seed, cut):
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    try:
+        img.save(buf, format=fmt)
+    except (OSError, ValueError, KeyError):
+        return  # this Pillow cannot write that mode in that format: nothing to send
+    raw = buf.getvalue()
+    raw = raw[:-cut] if cut else raw  # sometimes truncated
+    r = client.post("/api/predict", files={"file": ("x", raw, "application/octet-stream")})
+    assert r.status_code in (200, 400), (w, h, mode, fmt, cut, r.text[:200])

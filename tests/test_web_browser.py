@@ -1,0 +1,128 @@
+"""The page in a real browser: Playwright drives Debian's headless Chromium against a real `mnist-cnn serve`.
+
+It draws a 7 with the mouse, waits for the bars, and checks what a person would see. Skipped (with the reason)
+only when /usr/bin/chromium or the playwright package is missing; .ci/run installs both.
+
+The README's screenshot is this test run on the real model:
+    MNIST_CNN_WEB_MODEL=mnist_cnn_model.pth MNIST_CNN_WEB_SHOT=docs/web.png pytest tests/test_web_browser.py
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+from webutil import serve, tiny_model
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, mnist, mnist_dir):
+    model = os.environ.get("MNIST_CNN_WEB_MODEL") or tiny_model(tmp_path_factory.getbasetemp(), mnist)
+    with serve(Path(model), mnist_dir, tmp_path_factory.mktemp("serve") / "serve.log") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser, base, width, height):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    problems, outside = [], []
+    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("request", lambda r: r.url.startswith(base) or outside.append(r.url))
+    page.goto(base + "/")
+    page.wait_for_function("document.getElementById('model-line').textContent.includes('parameters')")
+    return page, problems, outside
+
+
+def draw_seven(page):
+    """A 7 as a person draws it: the top bar left to right, then down to the lower left, in small mouse steps."""
+    box = page.locator("#pad").bounding_box()
+    x0, y0, s = box["x"], box["y"], box["width"] / 280
+    page.mouse.move(x0 + 70 * s, y0 + 60 * s)
+    page.mouse.down()
+    page.mouse.move(x0 + 205 * s, y0 + 58 * s, steps=12)
+    page.mouse.move(x0 + 120 * s, y0 + 235 * s, steps=16)
+    page.mouse.up()
+
+
+def shown(page) -> tuple[str, list[float], list[str]]:
+    """The predicted digit, the 10 probabilities behind the bars, and the bars' widths as drawn."""
+    digit = page.locator("#digit").inner_text()
+    probs = [float(page.locator(f"#p{d}").get_attribute("data-p")) for d in range(10)]
+    widths = page.eval_on_selector_all(".bar-fill", "els => els.map(e => e.style.width)")
+    return digit, probs, widths
+
+
+def test_draw_a_digit_and_see_the_prediction(browser, server, tmp_path):
+    page, problems, outside = open_page(browser, server, 1100, 1000)
+    assert page.locator("#digit").inner_text() == "?"
+    draw_seven(page)
+    page.wait_for_function("document.body.dataset.prediction !== undefined && document.body.dataset.prediction "
+                           "!== '' && document.querySelectorAll('#layer-conv2 canvas').length === 64")
+    digit, probs, widths = shown(page)
+    assert digit in "0123456789" and len(digit) == 1
+    assert len(probs) == 10 and abs(sum(probs) - 1) < 1e-3 and probs.index(max(probs)) == int(digit)
+    assert widths[int(digit)] != "0px" and len(widths) == 10
+    labels = page.locator(".bar-label").all_inner_texts()
+    assert labels == [str(d) for d in range(10)]
+    # the 28x28 the network saw has ink, and every layer's feature maps are drawn
+    ink = page.evaluate("(() => { const d = document.getElementById('seen').getContext('2d')"
+                        ".getImageData(0, 0, 28, 28).data; let s = 0; for (let i = 0; i < d.length; i += 4) s += d[i];"
+                        " return s; })()")
+    assert ink > 255 * 20
+    counts = {name: page.locator(f"#layer-{name} canvas").count() for name in ("conv1", "pool1", "conv2", "pool2")}
+    assert counts == {"conv1": 32, "pool1": 32, "conv2": 64, "pool2": 64}
+    if os.environ.get("MNIST_CNN_WEB_MODEL"):  # the real model must read the 7 as a 7
+        assert digit == "7", probs
+    page.screenshot(path=tmp_path / "drawn.png", full_page=True)
+    assert (tmp_path / "drawn.png").stat().st_size > 10_000
+    if shot := os.environ.get("MNIST_CNN_WEB_SHOT"):
+        page.screenshot(path=shot, full_page=True)
+
+    # clear resets; a random test digit shows its true label
+    page.click("#clear")
+    assert page.locator("#digit").inner_text() == "?"
+    page.click("#sample")
+    page.wait_for_function("document.getElementById('truth').textContent.includes('true label')")
+    assert page.locator("#digit").inner_text() in "0123456789"
+    assert not problems, problems
+    assert not outside, f"the page fetched from outside the server: {outside}"
+
+
+def test_phone_width(browser, server, tmp_path):
+    """375 px wide (an iPhone SE): one column, no sideways scrolling, and drawing still works."""
+    page, problems, _ = open_page(browser, server, 375, 800)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    draw_seven(page)
+    page.wait_for_function("document.body.dataset.prediction !== undefined && document.body.dataset.prediction "
+                           "!== ''")
+    assert abs(sum(shown(page)[1]) - 1) < 1e-3
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.screenshot(path=tmp_path / "phone.png", full_page=True)
+    assert not problems, problems
+
+
+def test_upload_an_image(browser, server, tmp_path, mnist):
+    import numpy as np
+    from PIL import Image
+
+    digit = 255 - np.kron(mnist.test_images[1].numpy(), np.ones((5, 5), np.uint8))  # dark on light, 140x140
+    Image.fromarray(digit).save(tmp_path / "two.png")
+    page, problems, _ = open_page(browser, server, 1100, 1000)
+    page.set_input_files("#upload", str(tmp_path / "two.png"))
+    page.wait_for_function("document.getElementById('truth').textContent.includes('two.png')")
+    assert page.locator("#digit").inner_text() == str(int(mnist.test_labels[1]))
+    assert not problems, problems
