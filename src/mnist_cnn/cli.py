@@ -62,17 +62,42 @@ def add_train(sub):
     p.add_argument("--out", default="mnist_cnn_model.pth", help="checkpoint path (a .json is written beside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON at the end")
+    add_speed_flags(p)
     add_model_flags(p)
     p.set_defaults(func=cmd_train)
 
 
+def add_speed_flags(p):
+    """Recipes and time-to-accuracy (mnist_cnn.train.RECIPES); defaults are the seed's recipe."""
+    g = p.add_argument_group("speed (see docs/performance.md)")
+    g.add_argument("--recipe", choices=["seed", "fast"], default="seed",
+                   help="seed: the seed's recipe (default); fast: reach 99.0%% test accuracy soonest "
+                        "(1 epoch, batch 64, one-cycle Adam 3e-3, label smoothing 0.1, stop at 99.0%%)")
+    g.add_argument("--target-accuracy", type=float, default=None, metavar="PCT",
+                   help="stop as soon as the test accuracy reaches PCT (checked each epoch, and every "
+                        "--eval-every steps in the second half of the run)")
+    g.add_argument("--eval-every", type=int, default=0, metavar="STEPS")
+    g.add_argument("--schedule", choices=["constant", "onecycle"], default="constant")
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: auto, fewer when the machine is busy)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (measured slower on CPU)")
+
+
+def speed_config(args) -> dict:
+    return dict(recipe=args.recipe, target_accuracy=args.target_accuracy, eval_every=args.eval_every,
+                schedule=args.schedule, label_smoothing=args.label_smoothing, threads=args.threads,
+                compile=args.compile)
+
+
 def cmd_train(args):
     from mnist_cnn import checkpoint
-    from mnist_cnn.train import TrainConfig, train, train_args
+    from mnist_cnn.train import TrainConfig, apply_recipe, train, train_args
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       seed=args.seed, device=args.device, precision=args.precision, data_dir=args.data_dir,
-                      out=args.out, quiet=args.quiet, model=model_config(args))
+                      out=args.out, quiet=args.quiet, model=model_config(args), **speed_config(args))
+    cfg.validate()
+    cfg = apply_recipe(cfg)
     quiet_log = args.quiet or args.json
     model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)
     checkpoint.save(cfg.out, model, train_args(cfg), history)
@@ -132,6 +157,38 @@ def cmd_data(args):
 
 
 # -----------------------------------------------------------------------------
+# bench
+
+
+def add_bench(sub):
+    p = sub.add_parser("bench", help="time the seed's pipeline and ours side by side (table of ratios)")
+    add_data_dir(p)
+    p.add_argument("--epochs", type=int, default=5, help="epochs for the reference and the seed recipe")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--repeats", type=int, default=1, help="run each side N times; report the medians")
+    p.add_argument("--target", type=float, default=99.0, metavar="PCT", help="the accuracy to time (percent)")
+    p.add_argument("--sides", nargs="+", choices=["reference", "seed", "fast"], default=["reference", "seed", "fast"])
+    p.add_argument("--quick", action="store_true",
+                   help="tiny budget (20 batches per epoch, 1,280 test images): checks the plumbing, not speed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args):
+    from mnist_cnn.bench import bench, format_table
+    from mnist_cnn.errors import ConfigError
+    from mnist_cnn.train import pick_device
+
+    if args.epochs < 1 or args.repeats < 1:
+        raise ConfigError("--epochs and --repeats must be at least 1")
+    if not 0 < args.target <= 100:
+        raise ConfigError(f"--target is a percentage in (0, 100], got {args.target}")
+    pick_device(args.device)  # a missing CUDA/MPS is a one-line error here, not in a child
+    res = bench(args, log=(lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr)))
+    print_json(res) if args.json else print(format_table(res))
+
+
+# -----------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
@@ -140,7 +197,7 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_data):
+    for add in (add_train, add_evaluate, add_data, add_bench):
         add(sub)
     return parser
 
