@@ -232,6 +232,8 @@ def train(cfg: TrainConfig, data: MNIST | None = None, log=print) -> tuple[Net, 
     dtype = pick_dtype(cfg.precision, device)
     if device.type == "cpu":
         torch.set_num_threads(pick_threads(cfg.threads))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
