@@ -80,15 +80,15 @@ def test_sigint_mid_epoch_saves_and_resume_is_bit_identical(small, reference, tm
     """A real SIGINT during epoch 2 (step 6 of 12): clean stop, state saved at the step, resume ends identical."""
     import mnist_cnn.train as train_module
 
-    calls, real = [0], train_module.normalize
+    calls, real = [0], train_module.F.cross_entropy
 
-    def normalize_then_signal(x):
-        calls[0] += 1
-        if calls[0] == 18:  # 12 steps an epoch: step 6 of epoch 2
+    def loss_then_signal(*a, **k):
+        calls[0] += a[0].requires_grad  # training steps only, not evaluation
+        if calls[0] == 18 and a[0].requires_grad:  # 12 steps an epoch: step 6 of epoch 2
             os.kill(os.getpid(), signal.SIGINT)
-        return real(x)
+        return real(*a, **k)
 
-    monkeypatch.setattr(train_module, "normalize", normalize_then_signal)
+    monkeypatch.setattr(train_module.F, "cross_entropy", loss_then_signal)
     cfg = replace(BASE, out=str(tmp_path / "m.pth"), save=True)
     with pytest.raises(resume.Interrupted) as stopped:
         train(cfg, data=small, log=quiet)
@@ -97,7 +97,7 @@ def test_sigint_mid_epoch_saves_and_resume_is_bit_identical(small, reference, tm
     state = resume.load_state(tmp_path / "m.state.pt")
     assert (state["epoch"], len(state["history"])) == (1, 1) and 6 <= state["step"] < 12
     assert json.loads((tmp_path / "m.json").read_text())["history"] == state["history"]
-    monkeypatch.setattr(train_module, "normalize", real)
+    monkeypatch.setattr(train_module.F, "cross_entropy", real)
 
     model, history = train(replace(cfg, resume=True), data=small, log=quiet)
     assert [h["epoch"] for h in history] == [1, 2]
@@ -111,15 +111,15 @@ def test_sigint_mid_epoch_saves_and_resume_is_bit_identical(small, reference, tm
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(small, tmp_path, monkeypatch):
     import mnist_cnn.train as train_module
 
-    calls, real, before = [0], train_module.normalize, {}
+    calls, real, before = [0], train_module.F.cross_entropy, {}
 
-    def nan_in_epoch_two(x):
-        calls[0] += 1
-        if calls[0] == 13:  # first step of epoch 2: epoch 1's files are on disk
+    def nan_in_epoch_two(*a, **k):
+        calls[0] += a[0].requires_grad
+        if calls[0] == 13 and not before:  # first step of epoch 2: epoch 1's files are on disk
             before.update({p.name: p.read_bytes() for p in tmp_path.iterdir()})
-        return real(x) * (float("nan") if calls[0] >= 13 else 1.0)
+        return real(*a, **k) * (float("nan") if calls[0] >= 13 else 1.0)
 
-    monkeypatch.setattr(train_module, "normalize", nan_in_epoch_two)
+    monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_epoch_two)
     with pytest.raises(MnistCnnError, match="lower --lr.*last good checkpoint \\(epoch 1\\)"):
         train(replace(BASE, out=str(tmp_path / "m.pth"), save=True), data=small, log=quiet)
     assert set(before) == {"m.pth", "m.json", "m.state.pt"}
