@@ -5,6 +5,7 @@ later command can rebuild the right architecture from the file alone. Both are w
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import platform
@@ -30,6 +31,7 @@ def save(path: str | Path, model: Net, train_args: dict | None = None, history: 
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buf)
     meta = {
         "format": "mnist-cnn checkpoint 1",
+        "sha256": hashlib.sha256(buf.getvalue()).hexdigest(),  # load() refuses weights that were damaged since
         "model": model.cfg.to_dict(),
         "train_args": train_args or {},
         "history": history or [],
@@ -66,6 +68,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Net, dic
         cfg = ModelConfig.from_dict(meta.get("model", {}))
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_path(path)}: invalid model description ({e})") from None
+    want_sha = meta.get("sha256")
+    if isinstance(want_sha, str) and hashlib.sha256(path.read_bytes()).hexdigest() != want_sha:
+        raise CheckpointError(f"{path}: does not match the checksum in {meta_path(path).name} (corrupted, or "
+                              f"replaced by another file; a killed run is repaired by `train --resume`)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file: pickle, zip, EOF, runtime errors

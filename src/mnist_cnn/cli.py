@@ -62,24 +62,63 @@ def add_train(sub):
     p.add_argument("--out", default="mnist_cnn_model.pth", help="checkpoint path (a .json is written beside it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON at the end")
+    add_reliability_flags(p)
     p.add_argument("--augment", action="store_true",
                    help="random rotation/shear/scale/shift and stroke weight per image: copes with real handwriting")
+    add_speed_flags(p)
     add_model_flags(p)
     p.set_defaults(func=cmd_train)
 
 
+def add_reliability_flags(p):
+    """Small budgets, repeatable runs, resuming (resume.py, distributed.py)."""
+    g = p.add_argument_group("scale and reliability (under torchrun, --batch-size is the global batch)")
+    g.add_argument("--train-subset", type=int, default=None, metavar="N",
+                   help="train on the first N training images only (quick runs, tests)")
+    g.add_argument("--deterministic", action="store_true",
+                   help="bit-identical weights for the same --seed on CPU (deterministic kernels; --seed 0 if none)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run saved beside --out (OUT.state.pt, written after every epoch)")
+
+
+def add_speed_flags(p):
+    """Recipes and time-to-accuracy (mnist_cnn.train.RECIPES); defaults are the seed's recipe."""
+    g = p.add_argument_group("speed (see docs/performance.md)")
+    g.add_argument("--recipe", choices=["seed", "fast"], default="seed",
+                   help="seed: the seed's recipe (default); fast: reach 99.0%% test accuracy soonest "
+                        "(1 epoch, batch 64, one-cycle Adam 3e-3, label smoothing 0.1, stop at 99.0%%)")
+    g.add_argument("--target-accuracy", type=float, default=None, metavar="PCT",
+                   help="stop as soon as the test accuracy reaches PCT (checked each epoch, and every "
+                        "--eval-every steps in the second half of the run)")
+    g.add_argument("--eval-every", type=int, default=0, metavar="STEPS")
+    g.add_argument("--schedule", choices=["constant", "onecycle"], default="constant")
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: auto, fewer when the machine is busy)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (measured slower on CPU)")
+
+
+def speed_config(args) -> dict:
+    return dict(recipe=args.recipe, target_accuracy=args.target_accuracy, eval_every=args.eval_every,
+                schedule=args.schedule, label_smoothing=args.label_smoothing, threads=args.threads,
+                compile=args.compile)
+
+
 def cmd_train(args):
     from mnist_cnn import checkpoint
-    from mnist_cnn.train import TrainConfig, train, train_args
+    from mnist_cnn.distributed import env_world
+    from mnist_cnn.train import TrainConfig, train
 
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                       seed=args.seed, device=args.device, precision=args.precision, data_dir=args.data_dir,
-                      out=args.out, quiet=args.quiet, model=model_config(args), augment=args.augment)
+                      out=args.out, quiet=args.quiet, train_subset=args.train_subset,
+                      deterministic=args.deterministic, resume=args.resume, save=True, model=model_config(args),
+                      augment=args.augment, **speed_config(args))
     quiet_log = args.quiet or args.json
-    model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)
-    checkpoint.save(cfg.out, model, train_args(cfg), history)
+    model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)  # saves after every epoch
+    if not env_world().main:  # under torchrun only rank 0 speaks
+        return
     if args.json:
-        print_json({"checkpoint": cfg.out, "model": cfg.model.to_dict(), "history": history})
+        print_json({"checkpoint": cfg.out, "model": model.cfg.to_dict(), "history": history})
     elif not args.quiet:
         print(f"saved {cfg.out} (+ {checkpoint.meta_path(cfg.out).name}); "
               f"final test accuracy {100 * history[-1]['test_accuracy']:.2f}%")
@@ -93,18 +132,25 @@ def add_evaluate(sub):
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a checkpoint")
     p.add_argument("--model", default="mnist_cnn_model.pth")
     add_data_dir(p)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 where the hardware has native bf16 (agrees with fp32 to ~0.01%%)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
 
 def cmd_evaluate(args):
+    import torch
+
     from mnist_cnn import checkpoint
     from mnist_cnn.data import load_mnist
     from mnist_cnn.evaluate import evaluate, format_report
+    from mnist_cnn.train import pick_dtype
 
     model, _ = checkpoint.load(args.model)
     data = load_mnist(args.data_dir, quiet=args.json)
-    ev = evaluate(model, data.test_images, data.test_labels)
+    model = model.to(memory_format=torch.channels_last)
+    ev = evaluate(model, data.test_images, data.test_labels, batch_size=1024,
+                  dtype=pick_dtype(args.precision, next(model.parameters()).device))
     print_json({"model": args.model, **ev}) if args.json else print(format_report(ev))
 
 
@@ -369,30 +415,67 @@ def cmd_study(args):
 
 
 # -----------------------------------------------------------------------------
+# bench
+
+
+def add_bench(sub):
+    p = sub.add_parser("bench", help="time the seed's pipeline and ours side by side (table of ratios)")
+    add_data_dir(p)
+    p.add_argument("--epochs", type=int, default=5, help="epochs for the reference and the seed recipe")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--repeats", type=int, default=1, help="run each side N times; report the medians")
+    p.add_argument("--target", type=float, default=99.0, metavar="PCT", help="the accuracy to time (percent)")
+    p.add_argument("--sides", nargs="+", choices=["reference", "seed", "fast"], default=["reference", "seed", "fast"])
+    p.add_argument("--quick", action="store_true",
+                   help="tiny budget (20 batches per epoch, 1,280 test images): checks the plumbing, not speed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args):
+    from mnist_cnn.bench import bench, format_table
+    from mnist_cnn.errors import ConfigError
+    from mnist_cnn.train import pick_device
+
+    if args.epochs < 1 or args.repeats < 1:
+        raise ConfigError("--epochs and --repeats must be at least 1")
+    if not 0 < args.target <= 100:
+        raise ConfigError(f"--target is a percentage in (0, 100], got {args.target}")
+    pick_device(args.device)  # a missing CUDA/MPS is a one-line error here, not in a child
+    res = bench(args, log=(lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr)))
+    print_json(res) if args.json else print(format_table(res))
+
+
+# -----------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="mnist-cnn", description=__doc__.splitlines()[0])
+    parser = Parser(prog="mnist-cnn", description="Train, run and look inside the seed's MNIST CNN.")
     from mnist_cnn import __version__
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_concepts, add_report, add_study,
-                add_serve):
+                add_serve, add_bench):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import os
+
+    speak = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports errors
     try:
         args.func(args)
     except MnistCnnError as e:
-        print(f"mnist-cnn {args.command}: error: {e}", file=sys.stderr)
+        if speak:
+            print(f"mnist-cnn {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"mnist-cnn {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # resume.Interrupted carries the line saying how to resume, and 128 + signal
+        if speak:
+            print(f"mnist-cnn {args.command}: {getattr(e, 'message', 'interrupted')}", file=sys.stderr)
+        return getattr(e, "exit_code", 130)
     except BrokenPipeError:  # `mnist-cnn ... | head`
         return 0
     return 0

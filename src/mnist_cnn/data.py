@@ -22,6 +22,7 @@ import codecs
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
@@ -74,10 +75,13 @@ def parse_idx(raw: bytes, name: str = "IDX data") -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{name}: truncated IDX header")
     dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = header + int(np.prod(dims, dtype=np.int64))
+    expected = header + math.prod(dims)  # Python ints: np.prod in int64 wraps (65536**4 == 0) and let junk through
     if len(raw) != expected:
         raise DataError(f"{name}: truncated or padded IDX file ({len(raw)} bytes, header says {expected})")
-    return np.frombuffer(raw, dtype=IDX_DTYPES[dtype_code], offset=header).reshape(dims)
+    try:
+        return np.frombuffer(raw, dtype=IDX_DTYPES[dtype_code], offset=header).reshape(dims)
+    except ValueError:  # e.g. dims (0, 3e9, 3e9): no bytes, but a shape numpy cannot represent (found by fuzzing)
+        raise DataError(f"{name}: impossible IDX shape {dims}") from None
 
 
 def encode_idx(array: np.ndarray) -> bytes:
@@ -233,12 +237,22 @@ def fetch_offline_copy(quiet: bool = False) -> dict[str, bytes]:
     return idx_files_from_pickle(pickled)
 
 
-def ensure_mnist(data_dir: str | Path = "data", quiet: bool = False, mirrors: bool = True) -> Path:
-    """Make sure the four verified IDX files are under data_dir/MNIST/raw/; return that folder."""
+def ensure_mnist(data_dir: str | Path = "data", quiet: bool = False, mirrors: bool = True,
+                 repair: bool = True) -> Path:
+    """Make sure the four verified IDX files are under data_dir/MNIST/raw/; return that folder.
+
+    Missing files are fetched. A file that is present but fails its MD5 is replaced only with repair=True
+    (`mnist-cnn data`); training and evaluation refuse it with one line instead of overwriting it silently.
+    """
     d = raw_dir(data_dir)
     todo = [name for name in FILES if read_verified(d, name) is None]
     if not todo:
         return d
+    if not repair:
+        corrupt = [name for name in todo if (d / name).exists() or (d / f"{name}.gz").exists()]
+        if corrupt:
+            raise DataError(f"{d / corrupt[0]}: corrupt or truncated (fails its MD5 check); "
+                            f"run `mnist-cnn data --data-dir {data_dir}` to replace it with a verified copy")
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -275,7 +289,7 @@ class MNIST:
 
 def load_mnist(data_dir: str | Path = "data", quiet: bool = False, fetch: bool = True) -> MNIST:
     """The four verified files as tensors (fetching first if allowed)."""
-    d = ensure_mnist(data_dir, quiet) if fetch else raw_dir(data_dir)
+    d = ensure_mnist(data_dir, quiet, repair=False) if fetch else raw_dir(data_dir)
     arrays = {}
     for name in FILES:
         raw = read_verified(d, name)

@@ -1,0 +1,283 @@
+"""`mnist-cnn bench`: the seed's pipeline and ours, side by side, in one sitting on one device.
+
+Three sides, each in its own child process (so each has its own peak memory and thread settings), one after
+the other, `--repeats` times in turn; every figure is the median over the repeats:
+
+  reference  `reference.run`: the seed's script, faithful (DataLoader, per-sample ToTensor + Normalize,
+             batch 64, Adam 1e-3, fp32), test accuracy after every epoch.
+  seed       ours, the same recipe on our engine (`train --recipe seed`, the default).
+  fast       ours, `train --recipe fast`: one epoch of one-cycle Adam with label smoothing, stopping when
+             the test accuracy reaches the target (its checks' time counts).
+
+For each side: seconds per epoch (training + the test pass, as the seed times it), total seconds, test
+accuracy after each epoch, seconds until the test accuracy first reaches the target, training images/s,
+inference images/s at a large batch, the latency of one image through the predict path (PNG decode,
+preprocess, forward), peak memory, and ours/reference ratios. The final accuracy is also re-measured in fp32
+so a bf16 evaluation can't flatter a recipe. Nothing here asserts a timing.
+
+Peak memory is the child's peak RSS on CPU (data, model, framework: everything), torch.cuda's peak
+allocation on CUDA. Setup (imports, reading MNIST) is outside the timed seconds on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SIDES = ("reference", "seed", "fast")
+QUICK_BATCHES = 20  # --quick: 20 batches of training per epoch and of testing, per side
+
+
+# -----------------------------------------------------------------------------
+# in the child: run one side, print one JSON object
+
+
+def _sync(device):
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def inference_rate(model, images_u8, device, dtype, reference: bool, batch: int, seconds: float = 2.0) -> float:
+    """Images/s classifying `batch` test images at a time, model already loaded, data already in memory.
+
+    reference: the seed's way, fp32 under no_grad on normalized contiguous tensors; ours: `logits_of`
+    (inference_mode, channels_last, bf16 where native).
+    """
+    import torch
+
+    from mnist_cnn.data import normalize
+    from mnist_cnn.evaluate import logits_of
+
+    x_u8 = images_u8[:batch].to(device)
+    if reference:
+        x = normalize(x_u8)
+
+        def once():
+            with torch.no_grad():
+                model(x).argmax(1)
+    else:
+        def once():
+            logits_of(model, x_u8, batch_size=batch, dtype=dtype).argmax(1)
+    once()
+    _sync(device)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        once()
+        n += 1
+        if device.type == "cuda" and n % 10:  # sync every 10 batches only: keep the queue full
+            continue
+        _sync(device)
+    _sync(device)
+    return n * x_u8.shape[0] / (time.perf_counter() - t0)
+
+
+def latency_ms(predict_one, png: Path, n: int = 100) -> float:
+    """Median milliseconds of predict_one(png) over n calls, after 5 warm-up calls."""
+    for _ in range(5):
+        predict_one(png)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        predict_one(png)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: float, quick: bool) -> dict:
+    import torch
+    from PIL import Image
+
+    from mnist_cnn.data import MNIST, load_mnist
+    from mnist_cnn.evaluate import evaluate
+    from mnist_cnn.train import TrainConfig, pick_device, pick_dtype, train
+
+    device = pick_device(device_name)
+    data = load_mnist(data_dir, quiet=True)
+    tmp = Path(tempfile.mkdtemp(prefix="mnist-cnn-bench-"))
+    png = tmp / "digit.png"
+    Image.fromarray(data.test_images[0].numpy()).save(png)  # a real test digit, 28x28 grayscale PNG
+    quiet = lambda *a, **k: None  # noqa: E731
+
+    if side == "reference":
+        from torchvision import transforms
+
+        from mnist_cnn import reference
+
+        model, history = reference.run(data_dir, epochs, log=quiet, device=str(device),
+                                       max_batches=QUICK_BATCHES if quick else None)
+        dtype = torch.float32
+        seed_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+
+        def predict_one(path):  # the seed's path for one image: PIL, ToTensor + Normalize, forward, softmax
+            with torch.no_grad():
+                x = seed_transform(Image.open(path).convert("L")).unsqueeze(0).to(device)
+                return int(torch.softmax(model(x), 1).argmax())
+        model.eval()
+    else:
+        from mnist_cnn import checkpoint
+
+        subset = data
+        if quick:  # the same 20 batches of 64 the reference sees, and 1,280 test images
+            n = QUICK_BATCHES * 64
+            subset = MNIST(data.train_images[:n], data.train_labels[:n], data.test_images[:n], data.test_labels[:n])
+        cfg = TrainConfig(recipe=side, epochs=epochs if side == "seed" else TrainConfig.epochs, device=device_name,
+                          quiet=True, target_accuracy=target if side == "fast" else None)
+        if quick and side == "fast":
+            cfg.eval_every = 4  # 20 steps: check at 12, 16, 20
+        model, history = train(cfg, subset, log=quiet)
+        dtype = pick_dtype(cfg.precision, device)
+        path = tmp / "model.pth"
+        checkpoint.save(path, model)
+        try:  # the Classifier from the predict module: decode + MNIST-style preprocess + forward + softmax
+            from mnist_cnn.predict import Classifier
+
+            clf = Classifier.load(path, device)
+            predict_one, latency_path = clf.predict, "Classifier.predict"
+        except ImportError:  # pragma: no cover - only before the predict module exists
+            latency_path = None
+        model.eval()
+
+    test = data if not quick else MNIST(data.train_images[:0], data.train_labels[:0],
+                                       data.test_images[:QUICK_BATCHES * 64], data.test_labels[:QUICK_BATCHES * 64])
+    fp32_acc = evaluate(model.float(), test.test_images, test.test_labels)["accuracy"]
+    big = 16384 if device.type == "cuda" else 1024
+    infer = inference_rate(model, data.test_images, device, dtype, side == "reference", big,
+                           seconds=0.5 if quick else 2.0)
+    lat = latency_ms(predict_one, png, n=20 if quick else 200) if side == "reference" or latency_path else None
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux -> MiB
+
+    seconds = [h["seconds"] for h in history]
+    cum = [sum(seconds[:i + 1]) for i in range(len(seconds))]
+    hit = next((c for c, h in zip(cum, history, strict=True) if h["test_accuracy"] >= target / 100), None)
+    n_images = sum(h.get("images", 0) for h in history)
+    return {
+        "side": side, "device": str(device), "precision": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "epochs": len(history), "seconds_per_epoch": seconds, "total_seconds": cum[-1],
+        "test_accuracy": [h["test_accuracy"] for h in history], "final_accuracy": history[-1]["test_accuracy"],
+        "final_accuracy_fp32": fp32_acc, "seconds_to_target": hit,
+        "train_images_per_second": n_images / sum(h["train_seconds"] for h in history),
+        "inference_batch": big, "inference_images_per_second": infer,
+        "latency_ms": lat, "latency_path": "seed transform + forward" if side == "reference" else latency_path,
+        "peak_memory_mib": peak, "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "RSS",
+    }
+
+
+# -----------------------------------------------------------------------------
+# in the parent: run the sides, take medians, print the table
+
+
+def run_child(side, args) -> dict:
+    cmd = [sys.executable, "-m", "mnist_cnn.bench", side, args.data_dir, str(args.epochs), args.device,
+           str(args.target), "1" if args.quick else "0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if proc.returncode != 0:
+        from mnist_cnn.errors import MnistCnnError
+
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise MnistCnnError(f"the {side} run failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Per-field median over repeats (lists element-wise); non-numbers from the first run."""
+    out = dict(runs[0])
+    for k, v in runs[0].items():
+        vals = [r[k] for r in runs]
+        if isinstance(v, float | int) and not isinstance(v, bool) and all(isinstance(x, float | int) for x in vals):
+            out[k] = statistics.median(vals)
+        elif isinstance(v, list) and all(isinstance(x, list) and len(x) == len(v) for x in vals):
+            out[k] = [statistics.median(col) for col in zip(*vals, strict=True)]
+    out["repeats"] = len(runs)
+    return out
+
+
+def bench(args, log=print) -> dict:
+    from mnist_cnn.data import ensure_mnist
+
+    ensure_mnist(args.data_dir, quiet=True)
+    results = {side: [] for side in args.sides}
+    for r in range(args.repeats):
+        for side in args.sides:
+            log(f"bench: run {r + 1}/{args.repeats}: {side} ...")
+            results[side].append(run_child(side, args))
+    sides = {side: median_of(runs) for side, runs in results.items()}
+    ref = sides.get("reference")
+    ratios = {}
+    if ref is not None:
+        for side, s in sides.items():
+            if side != "reference":
+                ratios[side] = {k: ratio(s[k], ref[k]) for k in RATIO_KEYS}
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        load = None
+    return {"epochs": args.epochs, "target": args.target, "quick": args.quick, "cpu_count": os.cpu_count(),
+            "load_average_at_end": load, "sides": sides, "ratios_ours_over_reference": ratios}
+
+
+RATIO_KEYS = ("total_seconds", "seconds_to_target", "train_images_per_second", "inference_images_per_second",
+              "latency_ms", "peak_memory_mib")
+
+
+def ratio(a, b):
+    return a / b if isinstance(a, float | int) and isinstance(b, float | int) and b else None
+
+
+def format_table(res: dict) -> str:
+    sides = res["sides"]
+    names = list(sides)
+    ref = sides.get("reference")
+
+    def fmt(v, spec):
+        return "-" if v is None else format(v, spec)
+
+    rows = [
+        ("device, precision, threads", lambda s: f"{s['device']} {s['precision']} {s['threads'] or ''}".strip()),
+        ("epochs run", lambda s: str(s["epochs"])),
+        ("s/epoch (train + test)", lambda s: " ".join(f"{x:.1f}" for x in s["seconds_per_epoch"])),
+        ("total s", lambda s: fmt(s["total_seconds"], ".1f")),
+        ("test acc % per epoch", lambda s: " ".join(f"{100 * x:.2f}" for x in s["test_accuracy"])),
+        ("final acc % (fp32 eval)", lambda s: f"{100 * s['final_accuracy_fp32']:.2f}"),
+        (f"s to {res['target']:g}%", lambda s: fmt(s["seconds_to_target"], ".1f")),
+        ("train img/s", lambda s: f"{s['train_images_per_second']:,.0f}"),
+        (f"infer img/s (batch {sides[names[-1]]['inference_batch']})",
+         lambda s: f"{s['inference_images_per_second']:,.0f}"),
+        ("1-image latency ms", lambda s: fmt(s["latency_ms"], ".2f")),
+        (f"peak memory MiB ({sides[names[-1]]['peak_memory_kind']})", lambda s: f"{s['peak_memory_mib']:,.0f}"),
+    ]
+    header = ["", *names] + [f"{n}/ref" for n in names if ref is not None and n != "reference"]
+    lines = []
+    for label, get in rows:
+        cells = [label] + [get(sides[n]) for n in names]
+        if ref is not None:
+            key = {"total s": "total_seconds", f"s to {res['target']:g}%": "seconds_to_target",
+                   "train img/s": "train_images_per_second", "1-image latency ms": "latency_ms"}.get(label)
+            key = key or ("inference_images_per_second" if label.startswith("infer") else
+                          "peak_memory_mib" if label.startswith("peak") else None)
+            for n in names:
+                if n != "reference":
+                    r = res["ratios_ours_over_reference"][n].get(key) if key else None
+                    cells.append(fmt(r, ".3g") if r is not None else "")
+        lines.append(cells)
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    out = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+           for row in [header, *lines]]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # child mode: python -m mnist_cnn.bench SIDE DATA_DIR EPOCHS DEVICE TARGET QUICK
+    side, data_dir, epochs, device, target, quick = sys.argv[1:7]
+    print(json.dumps(run_side(side, data_dir, int(epochs), device, float(target), quick == "1")))

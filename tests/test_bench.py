@@ -1,0 +1,123 @@
+"""bench and the speed recipes on a tiny budget: the plumbing and the numbers' shapes, never timings."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from conftest import assert_one_line_error, run_cli
+
+from mnist_cnn.data import MNIST
+from mnist_cnn.train import DEFAULT_THREADS, RECIPES, TrainConfig, apply_recipe, pick_threads, train
+
+
+def small(mnist, n_train=1024, n_test=512) -> MNIST:
+    return MNIST(mnist.train_images[:n_train], mnist.train_labels[:n_train],
+                 mnist.test_images[:n_test], mnist.test_labels[:n_test])
+
+
+def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch):
+    # one thread per child: on a busy 2-core machine OpenMP's spinning threads make the seed's loop crawl
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    proc = run_cli("bench", "--quick", "--epochs", "1", "--device", "cpu", "--data-dir", mnist_dir, "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert set(res["sides"]) == {"reference", "seed", "fast"} and res["target"] == 99.0
+    for name, s in res["sides"].items():
+        assert s["device"] == "cpu" and s["epochs"] == 1 == len(s["seconds_per_epoch"]) == len(s["test_accuracy"])
+        for key in ("total_seconds", "train_images_per_second", "inference_images_per_second", "latency_ms",
+                    "peak_memory_mib"):
+            assert isinstance(s[key], float) and math.isfinite(s[key]) and s[key] > 0, (name, key, s[key])
+        assert 0.0 <= s["final_accuracy_fp32"] <= 1.0 and 0.0 <= s["final_accuracy"] <= 1.0
+        assert s["seconds_to_target"] is None or s["seconds_to_target"] <= s["total_seconds"]
+        assert s["final_accuracy"] > 0.3, (name, s["final_accuracy"])  # 20 batches of Adam learn something
+    assert res["sides"]["seed"]["precision"] in ("float32", "bfloat16")
+    assert res["sides"]["seed"]["latency_path"] == "Classifier.predict"
+    for side in ("seed", "fast"):
+        r = res["ratios_ours_over_reference"][side]
+        assert r["total_seconds"] == pytest.approx(res["sides"][side]["total_seconds"]
+                                                   / res["sides"]["reference"]["total_seconds"])
+
+
+def test_bench_table_and_errors(mnist_dir):
+    from mnist_cnn.bench import format_table, median_of
+
+    runs = [{"side": "seed", "total_seconds": t, "test_accuracy": [a], "latency_ms": None}
+            for t, a in ((3.0, 0.9), (1.0, 0.8), (2.0, 0.7))]
+    med = median_of(runs)
+    assert med["total_seconds"] == 2.0 and med["test_accuracy"] == [0.8] and med["repeats"] == 3
+    assert med["latency_ms"] is None
+
+    fake = {"device": "cpu", "precision": "float32", "threads": 2, "epochs": 1, "seconds_per_epoch": [10.0],
+            "total_seconds": 10.0, "test_accuracy": [0.99], "final_accuracy_fp32": 0.99, "seconds_to_target": 10.0,
+            "train_images_per_second": 6000.0, "inference_batch": 1024, "inference_images_per_second": 1e4,
+            "latency_ms": 1.0, "peak_memory_mib": 900.0, "peak_memory_kind": "RSS"}
+    res = {"target": 99.0, "sides": {"reference": fake, "seed": {**fake, "total_seconds": 2.5}},
+           "ratios_ours_over_reference": {"seed": {"total_seconds": 0.25}}}
+    table = format_table(res)
+    assert "seed/ref" in table and "0.25" in table and "99.00" in table
+
+    line = assert_one_line_error(run_cli("bench", "--repeats", "0", "--data-dir", mnist_dir))
+    assert "--repeats" in line
+    if not torch.cuda.is_available():
+        assert "cuda" in assert_one_line_error(run_cli("bench", "--device", "cuda", "--data-dir", mnist_dir))
+
+
+def test_recipe_fast_sets_defaults_but_explicit_flags_win():
+    cfg = apply_recipe(TrainConfig(recipe="fast"))
+    for k, v in RECIPES["fast"].items():
+        assert getattr(cfg, k) == v
+    cfg = apply_recipe(TrainConfig(recipe="fast", batch_size=32, target_accuracy=98.0))
+    assert cfg.batch_size == 32 and cfg.target_accuracy == 98.0 and cfg.schedule == "onecycle"
+    assert apply_recipe(TrainConfig()) == TrainConfig()  # the seed recipe changes nothing
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("recipe", "turbo", "--recipe"), ("target_accuracy", 150.0, "--target-accuracy"),
+    ("label_smoothing", 1.0, "--label-smoothing"), ("schedule", "cosine", "--schedule"), ("eval_every", -1, "")])
+def test_bad_speed_settings_are_config_errors(field, value, says):
+    from mnist_cnn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=says):
+        TrainConfig(**{field: value}).validate()
+
+
+def test_target_accuracy_stops_mid_epoch_and_counts_the_checks(mnist):
+    # 1,024 images at batch 32 = 32 steps; a target of 10% is reached at the first check (step 16 of 32)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=1e-3, seed=0, quiet=True, device="cpu", target_accuracy=10.0,
+                      eval_every=4)
+    _, history = train(cfg, small(mnist), log=lambda *a: None)
+    h = history[-1]
+    assert h["target_checks"] == 1 and h["images"] == 16 * 32 and h["test_accuracy"] >= 0.10
+
+
+def test_unreachable_target_runs_every_epoch_with_a_schedule(mnist):
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=3e-3, seed=0, quiet=True, device="cpu", target_accuracy=100.0,
+                      eval_every=4, schedule="onecycle", label_smoothing=0.1)
+    _, history = train(cfg, small(mnist), log=lambda *a: None)
+    assert [h["epoch"] for h in history] == [1, 2] and all(h["images"] == 1024 for h in history)
+    # 16 steps per epoch; checks every 4 steps from the middle of the run (step 16) on: 16 | 20 24 28 32
+    assert history[0]["target_checks"] == 1 and history[1]["target_checks"] == 4
+    assert history[-1]["test_accuracy"] > 0.7  # 2 x 16 steps of one-cycle Adam on 1,024 digits
+    assert all(math.isfinite(h["train_loss"]) for h in history)
+
+
+@pytest.mark.slow
+def test_fast_recipe_cli_prints_accuracy_beside_time(mnist_dir, tmp_path):
+    proc = run_cli("train", "--recipe", "fast", "--target-accuracy", "50", "--eval-every", "100", "--device", "cpu",
+                   "--data-dir", mnist_dir, "--out", tmp_path / "m.pth", "--seed", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "recipe fast" in proc.stdout and "stop at 50%" in proc.stdout
+    assert "reached the target 50%" in proc.stdout and "stopped after" in proc.stdout
+    meta = json.loads((tmp_path / "m.json").read_text())
+    assert meta["train_args"]["schedule"] == "onecycle" and meta["train_args"]["lr"] == 3e-3
+    assert meta["history"][-1]["images"] < 60_000
+
+
+def test_threads_auto_backs_off_on_a_busy_machine(monkeypatch):
+    assert pick_threads(3) == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    assert pick_threads(0) == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert pick_threads(0) == min(os.cpu_count(), DEFAULT_THREADS)
