@@ -4,6 +4,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 from conftest import assert_one_line_error, run_cli
@@ -18,19 +19,28 @@ def model_path(tmp_path_factory, mnist):
 
 
 def raw_http(port: int, request: bytes) -> bytes:
-    """Send bytes as they are (no client library tidying them up) and read the answer until the server closes."""
+    """Send bytes as they are (no client library tidying them up) and read the answer until the server closes.
+
+    Reading runs while a thread writes: a server that answers 413 and closes mid-upload would otherwise reset the
+    connection before we read, and the answer would be lost with the reset.
+    """
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        try:
-            s.sendall(request)
-        except (BrokenPipeError, ConnectionResetError):  # the server answered 413 and closed while we wrote
-            pass
-        s.shutdown(socket.SHUT_WR)
+        def send():
+            try:
+                s.sendall(request)
+                s.shutdown(socket.SHUT_WR)
+            except OSError:  # the server answered and closed while we wrote
+                pass
+
+        writer = threading.Thread(target=send)
+        writer.start()
         out = b""
         try:
             while chunk := s.recv(65536):
                 out += chunk
-        except ConnectionResetError:
+        except OSError:
             pass
+        writer.join()
     return out
 
 
