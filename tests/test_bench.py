@@ -111,7 +111,7 @@ def test_fast_recipe_cli_prints_accuracy_beside_time(mnist_dir, tmp_path):
     assert "recipe fast" in proc.stdout and "stop at 50%" in proc.stdout
     assert "reached the target 50%" in proc.stdout and "stopped after" in proc.stdout
     meta = json.loads((tmp_path / "m.json").read_text())
-    assert meta["train_args"]["schedule"] == "onecycle" and meta["train_args"]["lr"] == 3e-3
+    assert meta["train_args"]["schedule"] == "onecycle" and meta["train_args"]["lr"] == 6e-3
     assert meta["history"][-1]["images"] < 60_000
 
 
