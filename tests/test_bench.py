@@ -26,8 +26,8 @@ def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch):
     assert set(res["sides"]) == {"reference", "seed", "fast"} and res["target"] == 99.0
     for name, s in res["sides"].items():
         assert s["device"] == "cpu" and s["epochs"] == 1 == len(s["seconds_per_epoch"]) == len(s["test_accuracy"])
-        for key in ("total_seconds", "train_images_per_second", "inference_images_per_second", "latency_ms",
-                    "latency_plain_ms", "peak_memory_mib"):
+        for key in ("total_seconds", "cpu_seconds", "train_images_per_second", "inference_images_per_second",
+                    "latency_ms", "latency_plain_ms", "peak_memory_mib"):
             assert isinstance(s[key], float) and math.isfinite(s[key]) and s[key] > 0, (name, key, s[key])
         assert 0.0 <= s["final_accuracy_fp32"] <= 1.0 and 0.0 <= s["final_accuracy"] <= 1.0
         assert s["seconds_to_target"] is None or s["seconds_to_target"] <= s["total_seconds"]
