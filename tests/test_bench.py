@@ -75,7 +75,8 @@ def test_recipe_fast_sets_defaults_but_explicit_flags_win():
 
 @pytest.mark.parametrize("field, value, says", [
     ("recipe", "turbo", "--recipe"), ("target_accuracy", 150.0, "--target-accuracy"),
-    ("label_smoothing", 1.0, "--label-smoothing"), ("schedule", "cosine", "--schedule"), ("eval_every", -1, "")])
+    ("label_smoothing", 1.0, "--label-smoothing"), ("schedule", "cosine", "--schedule"),
+    ("eval_every", -1, "must not be negative")])
 def test_bad_speed_settings_are_config_errors(field, value, says):
     from mnist_cnn.errors import ConfigError
 
