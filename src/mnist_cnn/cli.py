@@ -86,7 +86,7 @@ def add_speed_flags(p):
     g = p.add_argument_group("speed (see docs/performance.md)")
     g.add_argument("--recipe", choices=["seed", "fast"], default="seed",
                    help="seed: the seed's recipe (default); fast: reach 99.0%% test accuracy soonest "
-                        "(1 epoch, batch 64, one-cycle Adam 3e-3, label smoothing 0.1, stop at 99.0%%)")
+                        "(1 epoch, batch 64, one-cycle Adam 6e-3, label smoothing 0.1, stop at 99.0%%)")
     g.add_argument("--target-accuracy", type=float, default=None, metavar="PCT",
                    help="stop as soon as the test accuracy reaches PCT (checked each epoch, and every "
                         "--eval-every steps in the second half of the run)")
