@@ -45,6 +45,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never s
 
 BOX = 20  # MNIST's digits fit a 20x20 box ...
 SIDE = 28  # ... centred by mass in a 28x28 field
+UPSCALE = Image.Resampling.BILINEAR  # enlarging a tiny image: smooth, no blocks
 CENTER = 14.0  # where MNIST's centre of mass sits, in pixel-index coordinates (measured: 13.99, 14.01)
 
 
@@ -316,7 +317,7 @@ def scale_to_box(x: np.ndarray, box: int = BOX) -> np.ndarray:
     h, w = x.shape
     scale = box / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resample = Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR
+    resample = Image.Resampling.BOX if scale < 1 else UPSCALE
     y = np.asarray(Image.fromarray(x.astype(np.float32)).resize((nw, nh), resample), dtype=np.float32)
     y = np.clip(y, 0.0, None)
     top = float(y.max())
