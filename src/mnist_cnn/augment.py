@@ -39,7 +39,9 @@ def random_affine_matrices(n: int, generator: torch.Generator | None = None, sid
     # forward map A = R @ Shear @ S; the grid needs its inverse (where each output pixel comes from)
     a = torch.stack([torch.stack([cos * sx, (cos * shear - sin) * sy], -1),
                      torch.stack([sin * sx, (sin * shear + cos) * sy], -1)], -2)  # (n, 2, 2)
-    inv = torch.linalg.inv(a)  # (n, 2, 2)
+    det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]  # (n,), > 0: scales and |angles| are small
+    inv = torch.stack([torch.stack([a[:, 1, 1], -a[:, 0, 1]], -1),
+                       torch.stack([-a[:, 1, 0], a[:, 0, 0]], -1)], -2) / det.view(-1, 1, 1)  # (n, 2, 2)
     t = -(inv @ torch.stack([tx, ty], -1).unsqueeze(-1))  # (n, 2, 1)
     return torch.cat([inv, t], dim=-1)  # (n, 2, 3)
 

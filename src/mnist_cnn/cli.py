@@ -447,6 +447,51 @@ def cmd_bench(args):
 
 
 # -----------------------------------------------------------------------------
+# predict
+
+
+def add_predict(sub):
+    p = sub.add_parser("predict", help="classify your own digit images (any format, prepared the MNIST way)")
+    p.add_argument("files", nargs="+", metavar="FILE", help="image files or folders (walked); - reads stdin")
+    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--top-k", type=int, default=3, help="how many of the most probable digits to show (1-10)")
+    p.add_argument("--json", action="store_true",
+                   help='a list of {"file", "prediction", "probabilities", "error"}, one per image')
+    p.add_argument("--save-input", metavar="DIR", help="write the 28x28 image the network saw, as PNG, into DIR")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_predict(args):
+    from mnist_cnn.predict import Classifier, expand_inputs, save_input
+
+    if not 1 <= args.top_k <= 10:
+        raise MnistCnnError(f"--top-k must be between 1 and 10, got {args.top_k}")
+    inputs = expand_inputs(args.files)  # [(name, path or bytes)], folders walked, - read from stdin
+    clf = Classifier.load(args.model)
+    results, saved = [], set()
+    for name, source in inputs:
+        try:
+            p = clf.predict(source)
+            if args.save_input:
+                save_input(p.image28, args.save_input, name, saved)
+        except MnistCnnError as e:
+            msg = str(e) if str(e).startswith(name) else f"{name}: {e}"
+            results.append({"file": name, "prediction": None, "probabilities": None, "error": msg})
+            if not args.json:
+                print(f"mnist-cnn predict: error: {msg}", file=sys.stderr)
+            continue
+        results.append({"file": name, "prediction": p.digit, "probabilities": p.probabilities, "error": None})
+        if not args.json:
+            top = ", ".join(f"{d} {100 * q:.1f}%" for d, q in p.top(args.top_k))
+            print(f"{name}: {p.digit} ({100 * p.probabilities[p.digit]:.1f}%)  top-{args.top_k}: {top}")
+    if args.json:
+        print_json(results)
+    failed = sum(r["error"] is not None for r in results)
+    if failed:
+        raise MnistCnnError(f"{failed} of {len(results)} images could not be read as a digit")
+
+
+# -----------------------------------------------------------------------------
 
 
 def build_parser() -> Parser:
@@ -455,8 +500,8 @@ def build_parser() -> Parser:
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for add in (add_train, add_evaluate, add_data, add_summary, add_explain, add_concepts, add_report, add_study,
-                add_serve, add_bench):
+    for add in (add_train, add_evaluate, add_data, add_predict, add_summary, add_explain, add_concepts, add_report,
+                add_study, add_serve, add_bench):
         add(sub)
     return parser
 

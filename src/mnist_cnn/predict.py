@@ -12,6 +12,7 @@ shape (1, 28, 28) or (28, 28) (as `preprocess` returns it, values in [-1, 1]) is
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,3 +78,46 @@ class Classifier:
             return []
         probs = self.probabilities(torch.stack([t for t, _ in prepared]))  # (B, 10)
         return [Prediction(int(p.argmax()), p.tolist(), img) for p, (_, img) in zip(probs, prepared, strict=True)]
+
+
+# -----------------------------------------------------------------------------
+# for `mnist-cnn predict`: which files, and where the 28x28 inputs go
+
+
+def expand_inputs(args: list[str]) -> list[tuple[str, str | bytes]]:
+    """Command-line names -> [(name, path or bytes)]. Folders are walked (image files only, sorted); `-` is
+    stdin's bytes. A named file that is missing stays in the list so it fails with its own error."""
+    from PIL import Image
+
+    image_exts = set(Image.registered_extensions())
+    out = []
+    for a in args:
+        if a == "-":
+            out.append(("-", sys.stdin.buffer.read()))
+        elif Path(a).is_dir():
+            out += [(str(p), str(p)) for p in sorted(Path(a).rglob("*"))
+                    if p.is_file() and p.suffix.lower() in image_exts]
+        else:
+            out.append((a, a))
+    return out
+
+
+def save_input(image28: np.ndarray, folder: str | Path, name: str, taken: set[str]) -> Path:
+    """Write the network's 28x28 input as DIR/<file stem>.png (stdin: stdin.png), never over one from this run."""
+    from PIL import Image
+
+    from mnist_cnn.errors import MnistCnnError
+
+    stem = "stdin" if name == "-" else Path(name).stem
+    candidate, n = stem, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}_{n}"
+    taken.add(candidate)
+    path = Path(folder) / f"{candidate}.png"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image28).save(path)
+    except OSError as e:
+        raise MnistCnnError(f"--save-input: cannot write {path}: {e.strerror or e}") from None
+    return path
