@@ -116,12 +116,13 @@ def test_fast_recipe_cli_prints_accuracy_beside_time(mnist_dir, tmp_path):
     assert meta["history"][-1]["images"] < 60_000
 
 
-def test_threads_auto_backs_off_on_a_busy_machine(monkeypatch):
+def test_threads_auto_is_torchs_default_shared_among_local_ranks(monkeypatch):
     assert pick_threads(3) == 3
-    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))  # the load does not matter: repeatable
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert pick_threads(0) == DEFAULT_THREADS
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * DEFAULT_THREADS))
     assert pick_threads(0) == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert pick_threads(0) == min(os.cpu_count(), DEFAULT_THREADS)
 
 
 def test_pool_then_relu_is_the_seeds_function_and_gradients(mnist):

@@ -155,21 +155,17 @@ DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at import (the physi
 
 
 def pick_threads(threads: int = 0) -> int:
-    """CPU threads for intra-op parallelism. 0 = auto: one per core, minus the cores other processes keep busy.
+    """CPU threads for intra-op parallelism. 0 = auto: torch's default (the physical cores), shared among the
+    processes torchrun starts on this node. Never derived from the machine's load, so a run is repeatable.
 
-    OpenMP threads spin at every barrier, and this net runs ~40 small ops per step, so a thread that shares
-    its core with another busy process stalls the whole step: on this 2-core machine with a load average of
-    ~7, 2 threads trained at 296 img/s and 1 thread at 1,812 img/s (batch 64, bf16; n=1 each). On a quiet
-    machine 2 threads are ~1.7x faster than 1.
+    On a quiet 2-core machine 2 threads are ~1.7x faster than 1. OpenMP threads spin at every barrier and this
+    net runs ~40 small ops per step, so on a machine already busy with other work a thread that shares its core
+    stalls the whole step: with a load average of ~7 here, 2 threads trained at 296 img/s and 1 thread at
+    1,812 img/s (batch 64, bf16; n=1 each). There, pass `--threads 1`.
     """
     if threads > 0:
         return threads
-    cores = os.cpu_count() or 1
-    try:
-        busy = int(os.getloadavg()[0] + 0.25)  # load from *other* processes: we have not started yet
-    except OSError:
-        busy = 0
-    return max(1, min(cores, DEFAULT_THREADS) - busy)
+    return max(1, DEFAULT_THREADS // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 # -----------------------------------------------------------------------------
@@ -317,9 +313,7 @@ def _train(cfg, state, data, device, world, log):
 
     dtype = pick_dtype(cfg.precision, device)
     if device.type == "cpu":
-        # auto threads follow the machine's load, which would make --deterministic depend on it: fixed there
-        auto = max(1, DEFAULT_THREADS // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-        torch.set_num_threads(cfg.threads or (auto if cfg.deterministic or world.size > 1 else pick_threads(0)))
+        torch.set_num_threads(pick_threads(cfg.threads))
     if device.type == "cuda" and not cfg.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
     # one seed on every rank, so all ranks draw the same permutation (rank 0 picks it when none is given)
