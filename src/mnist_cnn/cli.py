@@ -83,7 +83,7 @@ def add_reliability_flags(p):
 
 def add_speed_flags(p):
     """Recipes and time-to-accuracy (mnist_cnn.train.RECIPES); defaults are the seed's recipe."""
-    g = p.add_argument_group("speed (see docs/performance.md)")
+    g = p.add_argument_group("speed (see README: Performance)")
     g.add_argument("--recipe", choices=["seed", "fast"], default="seed",
                    help="seed: the seed's recipe (default); fast: reach 99.0%% test accuracy soonest "
                         "(1 epoch, batch 64, one-cycle Adam 6e-3, label smoothing 0.1, stop at 99.0%%)")

@@ -15,7 +15,7 @@ accuracy as mean ± std over seeds.
 
 `--quick` trains 1 epoch on a fixed 6,000-image subset, one seed, and tests on all 10,000: the table's shape
 and the cost columns are right, the accuracies are those of a barely trained network. The README quotes a
-full run (see docs/understanding.md for the command and the machine).
+full run (see README: Understanding for the command and the machine).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class TrainConfig:
     resume: bool = False  # continue the run whose state is beside `out` (resume.py)
     save: bool = False  # write out, out.json and the resume state after every epoch (the CLI sets it)
     model: ModelConfig = field(default_factory=ModelConfig)
-    # speed and time-to-accuracy (see RECIPES and docs/performance.md)
+    # speed and time-to-accuracy (see RECIPES and README: Performance)
     recipe: str = "seed"  # seed | fast: a named set of the fields below and above
     schedule: str = "constant"  # constant | onecycle (per step: warm up, then cosine down to ~0)
     label_smoothing: float = 0.0
