@@ -6,7 +6,17 @@ every epoch teaches it that these changes do not change the class. The distortio
 per image (rotation, shear, anisotropic scale, shift), built as one (B, 2, 3) matrix batch and applied with
 F.affine_grid + F.grid_sample on the whole normalized batch where it already lives (GPU or CPU): no
 per-sample PIL work, no DataLoader workers. A random stroke weight (a blend towards a 3x3 max-pool, i.e. a
-grey-level dilation, or towards a min-pool, an erosion) covers thin pen lines and bold markers.
+grey-level dilation, or towards a min-pool, an erosion) covers thin pen lines and bold markers. A random
+share of the batch is also seen at low resolution: shrunk to 7-12 px (area average) and enlarged back
+bilinearly, which is what preprocessing does to an 8x8 icon or a thumbnail (its digit is a few grey pixels
+that scale_to_box blows up to a soft 20 px blob, a texture MNIST never shows).
+
+Printed digits. MNIST holds handwriting only, so a printed 1 with a foot reads as a 2 and a printed 6 with a
+hooked top as a 5, more or less often depending on the seed. A share of every batch is therefore replaced
+by digits rendered from the fonts matplotlib ships (STIX and Computer Modern: serif, sans and typewriter
+faces, a dependency already), made into 28x28 exactly as `mnist-cnn predict` makes a user's image, then
+distorted like the rest. DejaVu and Liberation, the fonts the measurements in the README use, are left out,
+so those stay a held-out test.
 
 The random numbers come from the training generator (CPU, so runs are repeatable with --seed); only the
 (B, 2, 3) matrices and (B,) weights travel to the device.
@@ -14,14 +24,23 @@ The random numbers come from the training generator (CPU, so runs are repeatable
 
 from __future__ import annotations
 
+import importlib.resources
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 
 ROTATE_DEG = 12.0  # |rotation| up to this
 SHEAR_DEG = 12.0  # |horizontal shear| up to this: slanted handwriting
 SCALE = (0.85, 1.1)  # zoom per axis (independent, so the aspect ratio changes a little too)
 SHIFT_PX = 2.0  # |shift| up to this many pixels (preprocessing centres by mass; this covers its jitter)
 WEIGHT = (-0.6, 0.6)  # stroke weight: <0 blends towards erosion, >0 towards dilation
+LOW_RES = 0.25  # share of each batch seen at low resolution
+LOW_RES_SIDES = range(7, 13)  # the 28x28 field shrunk to this side: the 20 px digit becomes 5-8.6 px
+PRINTED = 1 / 16  # share of each batch replaced by printed digits
+PRINTED_FACES = ("STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta",  # Times-like
+                 "cmr10", "cmb10", "cmss10", "cmtt10")  # Computer Modern roman, bold, sans, typewriter
 BACKGROUND = -1.0  # the normalized value of a black pixel: (0/255 - 0.5) / 0.5
 
 
@@ -54,13 +73,61 @@ def stroke_weight(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.where(w >= 0, x + w * (thick - x), x + (-w) * (thin - x))
 
 
-def augment(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Normalized batch (B, 1, 28, 28), background -1 -> the same batch, each image randomly distorted."""
+def low_resolution(x: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
+    """Image i shrunk to sides[i] px (area average), enlarged back bilinearly, ink re-stretched to full level.
+
+    x: (B, 1, H, W) with background 0 and ink up to 1; sides: (B,) ints, 0 = leave that image alone. This
+    is preprocessing's path for a tiny image (scale_to_box enlarges bilinearly, then stretches the ink to 1).
+    """
+    out = x.clone()
+    for s in sides.unique().tolist():
+        if s == 0:
+            continue
+        i = (sides == s).nonzero().squeeze(1).to(x.device)  # (k,)
+        small = F.interpolate(x[i], size=(s, s), mode="area")  # (k, 1, s, s)
+        big = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)  # (k, 1, H, W)
+        top = big.amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)  # (k, 1, 1, 1)
+        out[i] = big / top
+    return out
+
+
+def printed_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits 0-9 in each of PRINTED_FACES, as preprocessing makes them: uint8 (80, 28, 28), labels (80,)."""
+    from mnist_cnn.preprocess import to_mnist  # preprocess imports data, as train does; only needed here
+
+    folder = importlib.resources.files("matplotlib") / "mpl-data" / "fonts" / "ttf"
+    images, labels = [], []
+    for face in PRINTED_FACES:
+        font = ImageFont.truetype(str(folder / f"{face}.ttf"), 96)
+        for digit in range(10):
+            left, top, right, bottom = font.getbbox(str(digit))
+            page = Image.new("L", (right - left + 32, bottom - top + 32), 255)  # black on white, as printed
+            ImageDraw.Draw(page).text((16 - left, 16 - top), str(digit), font=font, fill=0)
+            images.append(to_mnist(page))
+            labels.append(digit)
+    return torch.from_numpy(np.stack(images)), torch.tensor(labels)
+
+
+def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
+            printed: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized batch (B, 1, 28, 28), background -1, labels (B,) -> the batch randomly distorted, labels.
+
+    With `printed` (normalized images (P, 1, 28, 28) and labels (P,) on x's device), the first B/16 images
+    of the (already shuffled) batch are first replaced by randomly chosen printed digits.
+    """
     n = x.shape[0]
+    if printed is not None:
+        k = round(n * PRINTED)
+        pick = torch.randint(len(printed[1]), (k,), generator=generator).to(x.device)  # (k,)
+        x = torch.cat([printed[0][pick].to(x.dtype), x[k:]])
+        y = torch.cat([printed[1][pick], y[k:]])
     theta = random_affine_matrices(n, generator, x.shape[-1]).to(x.device, x.dtype)  # (B, 2, 3)
     w = _uniform(n, *WEIGHT, generator).to(x.device, x.dtype)  # (B,)
+    lo, hi = LOW_RES_SIDES.start, LOW_RES_SIDES.stop
+    sides = torch.randint(lo, hi, (n,), generator=generator) * (torch.rand(n, generator=generator) < LOW_RES)  # (B,)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, 28, 28, 2)
     # grid_sample pads with 0, which is mid-grey here: shift so the background is 0 while sampling
-    y = F.grid_sample(x - BACKGROUND, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return stroke_weight(y + BACKGROUND, w)
+    z = F.grid_sample(x - BACKGROUND, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    z = stroke_weight(z + BACKGROUND, w) - BACKGROUND  # (B, 1, 28, 28), background 0, ink up to 2
+    return low_resolution(z / 2, sides) * 2 + BACKGROUND, y
 

@@ -317,8 +317,12 @@ def scale_to_box(x: np.ndarray, box: int = BOX) -> np.ndarray:
     h, w = x.shape
     scale = box / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resample = Image.Resampling.BOX if scale < 1 else UPSCALE
-    y = np.asarray(Image.fromarray(x.astype(np.float32)).resize((nw, nh), resample), dtype=np.float32)
+    if scale < 1:
+        y = Image.fromarray(x.astype(np.float32)).resize((nw, nh), Image.Resampling.BOX)
+    else:  # one pixel of paper around the crop, so the interpolation fades the edge ink out instead of
+        # stretching it as a plateau (Pillow clamps at the border): as a tiny digit on its paper would look
+        y = Image.fromarray(np.pad(x, 1).astype(np.float32)).resize((nw, nh), UPSCALE, box=(1, 1, w + 1, h + 1))
+    y = np.asarray(y, dtype=np.float32)
     y = np.clip(y, 0.0, None)
     top = float(y.max())
     return y / top if top > 0 else y

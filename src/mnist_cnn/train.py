@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from mnist_cnn import distributed, resume
 from mnist_cnn.augment import augment as random_distortion
+from mnist_cnn.augment import printed_digits
 from mnist_cnn.data import MNIST, load_mnist, normalize
 from mnist_cnn.errors import CheckpointError, ConfigError, MnistCnnError
 from mnist_cnn.evaluate import evaluate
@@ -101,9 +102,18 @@ RECIPES = {
 }
 
 
+# --augment with the seed recipe also decays the learning rate. Distorted digits keep the loss noisy, and at the
+# seed's constant 1e-3 the final test accuracy wanders with the seed; a one-cycle schedule settles it. Measured
+# with `python mnist_classifier.py --augment`, 5 epochs, seeds 1 and 2, this 2-core EPYC: final MNIST test
+# accuracy 99.01% 98.76% constant 1e-3 -> 99.34% 99.30% one-cycle peaking at 2e-3, and 630 DejaVu + 480
+# Liberation printed digits (tests/fontdigits.py) 99.36-100% -> 100% 100%.
+AUGMENT = dict(schedule="onecycle", lr=2e-3)
+
+
 def apply_recipe(cfg: TrainConfig) -> TrainConfig:
     default = TrainConfig()
-    changes = {k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) == getattr(default, k)}
+    settings = {**(AUGMENT if cfg.augment and cfg.recipe == "seed" else {}), **RECIPES[cfg.recipe]}
+    changes = {k: v for k, v in settings.items() if getattr(cfg, k) == getattr(default, k)}
     return replace(cfg, **changes)
 
 
@@ -198,13 +208,13 @@ def gathered(images, labels, order, dtype):
 
 
 def train_epoch(model, opt, images, labels, batches, dtype, bar=None, scheduler=None, criterion=F.cross_entropy,
-                on_step=None, stop=None, augment_generator=None):
+                on_step=None, stop=None, augment_generator=None, printed=None):
     """Train on `batches` (index tensors, one per step) in order; returns (loss sum as a 0-d tensor, samples, steps).
 
     The loss sum stays on the device (no host sync per step). `stop(step)` is asked before each step; when it
     says True the epoch ends early (a signal arrived) and the caller saves the position. on_step(images so far)
     may return True to stop early (the target-accuracy check). With an `augment_generator` each batch is
-    randomly distorted (augment.py) with numbers drawn from it.
+    randomly distorted (augment.py) with numbers drawn from it, and a share of it swapped for `printed` digits.
     """
     model.train()
     device = images.device
@@ -217,7 +227,8 @@ def train_epoch(model, opt, images, labels, batches, dtype, bar=None, scheduler=
             return loss_sum, seen, step
         x, y = xs[seen:seen + idx.numel()], ys[seen:seen + idx.numel()]  # (B, 1, 28, 28), (B,)
         if augment_generator is not None:
-            x = random_distortion(x, augment_generator).contiguous(memory_format=torch.channels_last)
+            x, y = random_distortion(x, y, augment_generator, printed)
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = criterion(model(x), y)
         opt.zero_grad(set_to_none=True)  # gradients accumulate unless cleared; weights are untouched
@@ -333,6 +344,10 @@ def _train(cfg, state, data, device, world, log):
         data = MNIST(data.train_images[:cfg.train_subset], data.train_labels[:cfg.train_subset],
                      data.test_images, data.test_labels)
     data = data.to(device)
+    printed = None
+    if cfg.augment:  # 80 printed digits (augment.py), normalized like the training images, on the device
+        images, labels = printed_digits()
+        printed = (normalize(images.to(device)).float(), labels.to(device))
     n = data.train_images.shape[0]
     if cfg.batch_size > n:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({n} images)")
@@ -435,7 +450,7 @@ def _train(cfg, state, data, device, world, log):
                       disable=cfg.quiet or not world.main or not sys.stderr.isatty()) as bar:
                 loss_sum, seen, steps = train_epoch(trained, opt, data.train_images, data.train_labels,
                                                     batches[skip:], dtype, bar, scheduler, criterion, on_step,
-                                                    stop, augment_generator)
+                                                    stop, augment_generator, printed)
             if debug_dir:
                 with open(os.path.join(debug_dir, f"rank{world.rank}.txt"), "a") as f:
                     f.write(" ".join(map(str, torch.cat(batches[skip:skip + steps]).tolist())) + "\n")

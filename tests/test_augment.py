@@ -1,0 +1,52 @@
+"""train --augment's pieces: the distortion keeps images valid, low resolution acts like an 8x8 icon, printed digits."""
+
+import numpy as np
+import torch
+
+from mnist_cnn import augment as A
+from mnist_cnn.data import normalize
+
+
+def test_augment_keeps_shape_range_and_labels(mnist):
+    x, y = normalize(mnist.train_images[:256]).float(), mnist.train_labels[:256]
+    z, y2 = A.augment(x, y, torch.Generator().manual_seed(0))
+    assert z.shape == x.shape and torch.equal(y2, y)
+    assert z.min() >= -1.0 and z.max() <= 1.0 + 1e-6
+    assert (z[:, :, 0, :] < -0.99).float().mean() > 0.95  # the top row is still background
+    assert not torch.equal(z, x)
+    again, _ = A.augment(x, y, torch.Generator().manual_seed(0))
+    assert torch.equal(z, again)  # the same generator state gives the same distortion
+
+
+def test_low_resolution_blurs_like_a_tiny_image_and_restretches():
+    x = torch.zeros(3, 1, 28, 28)
+    x[:, :, 4:24, 12:15] = 1.0  # a vertical bar, 3 px wide: a "1"
+    out = A.low_resolution(x, torch.tensor([0, 8, 12]))
+    assert torch.equal(out[0], x[0])  # side 0: untouched
+    for i in (1, 2):
+        assert abs(float(out[i].max()) - 1.0) < 1e-6  # ink re-stretched to full level, as scale_to_box does
+        assert float((out[i] > 0.05).sum()) > float((x[i] > 0).sum())  # spread wider: a blur
+    assert float((out[1] > 0.05).sum()) > float((out[2] > 0.05).sum())  # 8 px is blurrier than 12 px
+
+
+def test_printed_digits_are_mnist_like_and_leave_the_test_fonts_out():
+    images, labels = A.printed_digits()
+    assert images.shape == (10 * len(A.PRINTED_FACES), 28, 28) and images.dtype == torch.uint8
+    assert labels.tolist() == list(range(10)) * len(A.PRINTED_FACES)
+    assert not any("DejaVu" in f or "Liberation" in f for f in A.PRINTED_FACES)  # the README's test fonts
+    x = images.float().numpy()
+    for im in x:  # each is a preprocessed digit: ink, centre of mass within a pixel of (14, 14)
+        mass = im.sum()
+        cy = (im.sum(1) * np.arange(28)).sum() / mass
+        cx = (im.sum(0) * np.arange(28)).sum() / mass
+        assert mass > 0 and abs(cy - 14) < 1 and abs(cx - 14) < 1
+
+
+def test_printed_digits_replace_a_share_of_the_batch():
+    images, labels = A.printed_digits()
+    printed = (normalize(images).float(), labels)
+    x, y = torch.full((64, 1, 28, 28), -1.0), torch.full((64,), 11)  # blank images, label 11 (not a digit)
+    z, y2 = A.augment(x, y, torch.Generator().manual_seed(1), printed)
+    k = round(64 * A.PRINTED)
+    assert (y2[:k] <= 9).all() and (y2[k:] == 11).all()
+    assert (z[:k] > -1).flatten(1).any(1).all() and (z[k:] == -1).all()  # ink only where a digit was put
