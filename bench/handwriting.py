@@ -118,11 +118,12 @@ def draw_pen(rng, points: np.ndarray, label: int, ss: int = 4) -> Image.Image:
     return paper(rng, np.asarray(big.resize((side, side), Image.Resampling.LANCZOS), np.float32) / 255)
 
 
-def draw_scan(rng, cov: np.ndarray, aspect: float) -> Image.Image:
-    """A small scan (coverage in [0, 1]) enlarged bicubically to a photo-sized digit, edges re-sharpened."""
+def draw_scan(rng, cov: np.ndarray, cell_aspect: float) -> Image.Image:
+    """A small scan (coverage in [0, 1], cells cell_aspect wide per 1 tall) enlarged bicubically to a photo-sized
+    digit with its own aspect ratio, edges re-sharpened."""
     ys, xs = np.nonzero(cov > 0.1)
     cov = cov[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-    side, x0, y0, w, h = place(rng, aspect)
+    side, x0, y0, w, h = place(rng, cov.shape[1] / cov.shape[0] * cell_aspect)
     small = Image.fromarray(np.round(cov * 255).astype(np.uint8))
     big = np.asarray(small.resize((max(1, round(w)), max(1, round(h))), Image.Resampling.BICUBIC), np.float32) / 255
     big = np.clip((big - 0.3) / 0.35, 0, 1)
@@ -142,7 +143,7 @@ def digits(source: str, cache: Path, seed: int) -> tuple[list[Image.Image], np.n
     if source == "mfeat":
         rows = np.loadtxt(io.BytesIO(raw), delimiter=",", skiprows=1)  # (2000, 241): 16x15 pixels 0-6, label
         labels = rows[:, 240].astype(int)
-        return [draw_scan(rng, r[:240].reshape(16, 15) / 6, 30 / 48) for r in rows], labels  # cells 2 wide, 3 tall
+        return [draw_scan(rng, r[:240].reshape(16, 15) / 6, 2 / 3) for r in rows], labels  # cells 2 wide, 3 tall
     rows = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",")  # (1797, 65): 8x8 pixels 0-16, label
     images = [Image.fromarray((255 - r[:64].reshape(8, 8) * 255 / 16).astype(np.uint8)) for r in rows]  # dark on light
     return images, rows[:, 64].astype(int)
