@@ -201,7 +201,10 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
 def run_child(side, args) -> dict:
     cmd = [sys.executable, "-m", "mnist_cnn.bench", side, args.data_dir, str(args.epochs), args.device,
            str(args.target), "1" if args.quick else "0"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    env = os.environ.copy()
+    if side == "reference":  # the seed's script never sets it: libgomp's own default (mnist_cnn/__init__.py)
+        env["GOMP_SPINCOUNT"] = "300000"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         from mnist_cnn.errors import MnistCnnError
 
