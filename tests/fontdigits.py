@@ -101,6 +101,16 @@ def canvas_rgba(digit: int, font: Path, side: int = 280) -> Image.Image:
     return img
 
 
+def on_paper(digit: int, font: Path) -> Image.Image:
+    """The digit black on light grey paper (235), centred in a square 1.3x its larger side: the source of the
+    8x8 and 3000x3000 images."""
+    mask = glyph_mask(digit, font, 200)
+    side = int(max(mask.size) * 1.3)
+    big = Image.new("L", (side, side), 235)
+    big.paste(0, ((side - mask.size[0]) // 2, (side - mask.size[1]) // 2), mask)
+    return big
+
+
 def awkward(digit: int, font: Path) -> dict[str, Image.Image]:
     """The digit in each awkward format, keyed by a short name. Each is what a file of that format decodes to."""
     base = render(digit, font, random.Random(digit))  # RGB dark on light
@@ -113,10 +123,7 @@ def awkward(digit: int, font: Path) -> dict[str, Image.Image]:
         buf = io.BytesIO()
         src.save(buf, fmt)
         out[name] = Image.open(io.BytesIO(buf.getvalue()))
-    mask = glyph_mask(digit, font, 200)
-    side = int(max(mask.size) * 1.3)
-    big = Image.new("L", (side, side), 235)
-    big.paste(0, ((side - mask.size[0]) // 2, (side - mask.size[1]) // 2), mask)
+    big = on_paper(digit, font)
     out["tiny8"] = big.resize((8, 8), Image.Resampling.BOX)
     out["huge3000"] = big.resize((3000, 3000), Image.Resampling.BILINEAR)
     return out
