@@ -12,7 +12,7 @@ def test_augment_keeps_shape_range_and_labels(mnist):
     z, y2 = A.augment(x, y, torch.Generator().manual_seed(0))
     assert z.shape == x.shape and torch.equal(y2, y)
     assert z.min() >= -1.0 and z.max() <= 1.0 + 1e-6
-    assert (z[:, :, 0, :] < -0.99).float().mean() > 0.95  # the top row is still background
+    assert (z[:, :, 0, :] < -0.9).float().mean() > 0.9  # the top row is still mostly background
     assert not torch.equal(z, x)
     again, _ = A.augment(x, y, torch.Generator().manual_seed(0))
     assert torch.equal(z, again)  # the same generator state gives the same distortion
@@ -50,3 +50,12 @@ def test_printed_digits_replace_a_share_of_the_batch():
     k = round(64 * A.PRINTED)
     assert (y2[:k] <= 9).all() and (y2[k:] == 11).all()
     assert (z[:k] > -1).flatten(1).any(1).all() and (z[k:] == -1).all()  # ink only where a digit was put
+
+
+def test_stroke_weight_runs_from_erosion_through_identity_to_a_5x5_dilation():
+    x = torch.zeros(1, 1, 28, 28)
+    x[0, 0, 6:22, 13:15] = 1.0  # a bar 2 px wide
+    width = lambda w: int((A.stroke_weight(x, torch.tensor([w])) > 0.5)[0, 0, 14].sum())  # noqa: E731
+    assert width(0.0) == 2 and width(-1.0) == 0  # unchanged; the 3x3 erosion wipes a 2-px stroke out
+    assert width(1.0) == 4 and width(2.0) == 6  # the 3x3 dilation adds a pixel per side, the 5x5 two
+    assert width(0.4) == 2 and width(1.6) == 6  # blends: the grey rim crosses 0.5 only past half-way

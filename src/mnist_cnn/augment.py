@@ -5,8 +5,8 @@ rotated, narrower or bolder than any of them. Showing the network each training 
 every epoch teaches it that these changes do not change the class. The distortion is a random affine map
 per image (rotation, shear, anisotropic scale, shift), built as one (B, 2, 3) matrix batch and applied with
 F.affine_grid + F.grid_sample on the whole normalized batch where it already lives (GPU or CPU): no
-per-sample PIL work, no DataLoader workers. A random stroke weight (a blend towards a 3x3 max-pool, i.e. a
-grey-level dilation, or towards a min-pool, an erosion) covers thin pen lines and bold markers. A random
+per-sample PIL work, no DataLoader workers. A random stroke weight (a blend towards a 3x3 min-pool, i.e. a
+grey-level erosion, or towards a 3x3 and on to a 5x5 max-pool, a dilation) covers thin pens and bold markers. A random
 share of the batch is also seen at low resolution: shrunk to 7-12 px (area average) and enlarged back
 bilinearly, which is what preprocessing does to an 8x8 icon or a thumbnail (its digit is a few grey pixels
 that scale_to_box blows up to a soft 20 px blob, a texture MNIST never shows).
@@ -35,7 +35,10 @@ ROTATE_DEG = 12.0  # |rotation| up to this
 SHEAR_DEG = 12.0  # |horizontal shear| up to this: slanted handwriting
 SCALE = (0.85, 1.1)  # zoom per axis (independent, so the aspect ratio changes a little too)
 SHIFT_PX = 2.0  # |shift| up to this many pixels (preprocessing centres by mass; this covers its jitter)
-WEIGHT = (-0.6, 0.6)  # stroke weight: <0 blends towards erosion, >0 towards dilation
+# stroke weight: <0 blends towards erosion, >0 towards dilation, >1 beyond it to a 5x5 dilation. Up to 1.5
+# rather than 0.6: over seeds 0 and 1, UCI mfeat handwriting (bold pen) 87.6%/86.3% -> 90.4%/90.1%, optdigits
+# 94.5%/94.4% -> 95.3%/96.1%, MNIST 99.29%/99.34% -> 99.15%/99.24%, fonts 100% both ways.
+WEIGHT = (-0.6, 1.5)
 LOW_RES = 0.25  # share of each batch seen at low resolution
 LOW_RES_SIDES = range(7, 13)  # the 28x28 field shrunk to this side: the 20 px digit becomes 5-8.6 px
 PRINTED = 1 / 16  # share of each batch replaced by printed digits
@@ -66,11 +69,14 @@ def random_affine_matrices(n: int, generator: torch.Generator | None = None, sid
 
 
 def stroke_weight(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Blend each image towards its grey-level dilation (w > 0) or erosion (w < 0) by |w|. x: (B, 1, H, W)."""
-    thick = F.max_pool2d(x, 3, 1, 1)
+    """Per image, by w: in [-1, 0) a blend towards the 3x3 grey-level erosion, in [0, 1] towards the 3x3
+    dilation, in (1, 2] from the 3x3 dilation on towards the 5x5 one (a marker). x: (B, 1, H, W), w: (B,)."""
     thin = -F.max_pool2d(-x, 3, 1, 1)
+    thick = F.max_pool2d(x, 3, 1, 1)
+    bolder = F.max_pool2d(x, 5, 1, 2)
     w = w.view(-1, 1, 1, 1)
-    return torch.where(w >= 0, x + w * (thick - x), x + (-w) * (thin - x))
+    up = torch.where(w <= 1, x + w * (thick - x), thick + (w - 1) * (bolder - thick))
+    return torch.where(w >= 0, up, x + (-w) * (thin - x))
 
 
 def low_resolution(x: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
