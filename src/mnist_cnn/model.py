@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mnist_cnn import fused
 from mnist_cnn.errors import ConfigError
 
 
@@ -98,7 +99,12 @@ class Net(nn.Module):
         # (ReLU is monotonic, so max and ReLU commute; tests/test_bench.py checks it against the seed's Net),
         # but ReLU and its backward then touch 4x fewer values. Forward + backward at batch 64, bf16,
         # channels_last, 1 thread, best of 90 steps: 19.3 ms relu-then-pool, 10.1 ms pool-then-relu.
-        x = F.relu(self.pool(self.conv1(x)))  # (B, C1, 26, 26) -> (B, C1, 13, 13)
+        # On the CPU the first block runs as one hand-written C loop (fused.py: the same function; forward +
+        # backward at batch 64, bf16, 2 threads: 1.60 ms eager, 0.50 ms fused).
+        if fused.applies(x, self.conv1, self.pool):
+            x = fused.conv1_pool_relu(x, self.conv1)  # (B, 1, 28, 28) -> (B, C1, 13, 13)
+        else:
+            x = F.relu(self.pool(self.conv1(x)))  # (B, C1, 26, 26) -> (B, C1, 13, 13)
         return F.relu(self.pool(self.conv2(x)))  # (B, C2, 11, 11) -> (B, C2, 5, 5)
 
     def forward(self, x):  # (B, 1, 28, 28) normalized -> (B, 10) logits

@@ -24,7 +24,7 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn import distributed, resume
+from mnist_cnn import distributed, fused, resume
 from mnist_cnn.augment import augment as random_distortion
 from mnist_cnn.augment import printed_digits
 from mnist_cnn.data import MNIST, load_mnist, normalize
@@ -429,7 +429,11 @@ def _train(cfg, state, data, device, world, log):
     debug_dir = os.environ.get("MNIST_CNN_DEBUG_INDICES")  # tests: each rank appends the indices it trained on
     with flag:  # from here on a Ctrl-C or SIGTERM ends training with a save
         where = f"{world.size} processes ({per_rank} per process), " if world.size > 1 else ""
-        threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+        threads = ""
+        if device.type == "cpu":
+            probe = torch.zeros(1, 1, cfg.model.image_size, cfg.model.image_size)
+            kernel = "on" if fused.applies(probe, model.conv1, model.pool) else fused.why_not()
+            threads = f", {torch.get_num_threads()} threads, fused conv1 kernel {kernel}"
         log(f"training on {device} ({str(dtype).removeprefix('torch.')}{threads}), {n:,} images, {where}"
             f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, {cfg.epochs} epochs"
             + (f", recipe {cfg.recipe}" if cfg.recipe != "seed" else "")
