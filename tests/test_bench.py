@@ -43,10 +43,11 @@ def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch):
 def test_bench_table_and_errors(mnist_dir):
     from mnist_cnn.bench import format_table, median_of
 
-    runs = [{"side": "seed", "total_seconds": t, "test_accuracy": [a], "latency_ms": None}
+    runs = [{"side": "seed", "total_seconds": t, "test_accuracy": [a], "latency_ms": None, "threads": 2}
             for t, a in ((3.0, 0.9), (1.0, 0.8), (2.0, 0.7))]
     med = median_of(runs)
     assert med["total_seconds"] == 2.0 and med["test_accuracy"] == [0.8] and med["repeats"] == 3
+    assert med["threads"] == 2 and type(med["threads"]) is int
     assert med["latency_ms"] is None
 
     fake = {"device": "cpu", "precision": "float32", "threads": 2, "epochs": 1, "seconds_per_epoch": [10.0],
@@ -144,3 +145,23 @@ def test_pool_then_relu_is_the_seeds_function_and_gradients(mnist, monkeypatch):
     assert torch.equal(ours(x), seed(x))
     for (name, a), (_, b) in zip(ours.named_parameters(), seed.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_bench_alternates_the_order_of_the_sides(mnist_dir, monkeypatch):
+    """ABBA: this VM slows down under sustained load, so the side that goes first must change every repeat."""
+    import argparse
+
+    from mnist_cnn import bench
+
+    order = []
+
+    def fake_child(side, args):
+        order.append(side)
+        return {"side": side, **{k: 1.0 for k in bench.RATIO_KEYS}}
+
+    monkeypatch.setattr(bench, "run_child", fake_child)
+    args = argparse.Namespace(data_dir=mnist_dir, repeats=3, sides=["reference", "seed", "fast"], epochs=1,
+                              target=99.0, quick=True)
+    res = bench.bench(args, log=lambda *a: None)
+    assert order == ["reference", "seed", "fast", "fast", "seed", "reference", "reference", "seed", "fast"]
+    assert res["sides"]["seed"]["repeats"] == 3

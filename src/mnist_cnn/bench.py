@@ -1,7 +1,8 @@
 """`mnist-cnn bench`: the seed's pipeline and ours, side by side, in one sitting on one device.
 
 Three sides, each in its own child process (so each has its own peak memory and thread settings), one after
-the other, `--repeats` times in turn; every figure is the median over the repeats:
+the other, `--repeats` times in turn, every other time in reverse order (so `--repeats 2` is an ABBA
+comparison); every figure is the median over the repeats:
 
   reference  `reference.run`: the seed's script, faithful (DataLoader, per-sample ToTensor + Normalize,
              batch 64, Adam 1e-3, fp32), test accuracy after every epoch.
@@ -160,7 +161,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
 
         def seed_style_one(path):  # like the reference's path: decode, normalize, forward (no MNIST-style crop)
             with torch.inference_mode():
-                x = normalize(torch.from_numpy(np.asarray(Image.open(path).convert("L")))[None].to(device))
+                x = normalize(torch.from_numpy(np.array(Image.open(path).convert("L")))[None].to(device))
                 return int(torch.softmax(model(x.contiguous(memory_format=torch.channels_last)), 1).argmax())
 
     test = data if not quick else MNIST(data.train_images[:0], data.train_labels[:0],
@@ -218,7 +219,9 @@ def median_of(runs: list[dict]) -> dict:
     out = dict(runs[0])
     for k, v in runs[0].items():
         vals = [r[k] for r in runs]
-        if isinstance(v, float | int) and not isinstance(v, bool) and all(isinstance(x, float | int) for x in vals):
+        if isinstance(v, int) and not isinstance(v, bool) and all(type(x) is int for x in vals):
+            out[k] = vals[0] if len(set(vals)) == 1 else statistics.median(vals)  # threads, epochs, batch stay ints
+        elif isinstance(v, float | int) and not isinstance(v, bool) and all(isinstance(x, float | int) for x in vals):
             out[k] = statistics.median(vals)
         elif isinstance(v, list) and all(isinstance(x, list) and len(x) == len(v) for x in vals):
             out[k] = [statistics.median(col) for col in zip(*vals, strict=True)]
@@ -232,7 +235,9 @@ def bench(args, log=print) -> dict:
     ensure_mnist(args.data_dir, quiet=True)
     results = {side: [] for side in args.sides}
     for r in range(args.repeats):
-        for side in args.sides:
+        # every other repeat in reverse order: after minutes of full load this VM runs up to ~25% slower (our
+        # 5 epochs: 25 s alone, 32 s right after the reference), so a fixed order favours whichever side goes first
+        for side in (args.sides if r % 2 == 0 else args.sides[::-1]):
             log(f"bench: run {r + 1}/{args.repeats}: {side} ...")
             results[side].append(run_child(side, args))
     sides = {side: median_of(runs) for side, runs in results.items()}
