@@ -119,3 +119,16 @@ def test_off_switch_and_a_missing_compiler_fall_back_to_the_same_numbers(monkeyp
         monkeypatch.undo()
         fused._load.cache_clear()
     assert fused.applies(x, net.conv1, net.pool)
+
+
+def test_an_unwritable_cache_compiles_into_the_temp_folder(monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("MNIST_CNN_CACHE", str(blocker / "cache"))  # mkdir fails: its parent is a file
+    try:
+        fused._load.cache_clear()
+        net = Net()
+        assert fused.applies(torch.zeros(1, 1, 28, 28), net.conv1, net.pool)
+    finally:
+        monkeypatch.undo()
+        fused._load.cache_clear()
