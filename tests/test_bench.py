@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -34,6 +35,9 @@ def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch):
         assert s["final_accuracy"] > 0.3, (name, s["final_accuracy"])  # 20 batches of Adam learn something
     assert res["sides"]["seed"]["precision"] in ("float32", "bfloat16")
     assert res["sides"]["seed"]["latency_path"] == "Classifier.predict"
+    assert res["sides"]["reference"]["fused_conv1"] is None
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert res["sides"]["seed"]["fused_conv1"] == res["sides"]["fast"]["fused_conv1"] == "on"
     for side in ("seed", "fast"):
         r = res["ratios_ours_over_reference"][side]
         assert r["total_seconds"] == pytest.approx(res["sides"][side]["total_seconds"]
@@ -58,6 +62,8 @@ def test_bench_table_and_errors(mnist_dir):
            "ratios_ours_over_reference": {"seed": {"total_seconds": 0.25}}}
     table = format_table(res)
     assert "seed/ref" in table and "0.25" in table and "99.00" in table
+    res["sides"]["seed"]["fused_conv1"] = "unavailable (no C compiler found (install gcc, or set CC))"
+    assert "off: unavailable (no C compiler found" in format_table(res)
 
     line = assert_one_line_error(run_cli("bench", "--repeats", "0", "--data-dir", mnist_dir))
     assert "--repeats" in line

@@ -184,6 +184,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
     return {
         "side": side, "device": str(device), "precision": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "fused_conv1": None if side == "reference" or device.type != "cpu" else fused_state(model),
         "epochs": len(history), "seconds_per_epoch": seconds, "total_seconds": cum[-1], "cpu_seconds": cpu_seconds,
         "test_accuracy": [h["test_accuracy"] for h in history], "final_accuracy": history[-1]["test_accuracy"],
         "final_accuracy_fp32": fp32_acc, "seconds_to_target": hit,
@@ -193,6 +194,16 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
         "latency_path": "seed transform + forward" if side == "reference" else latency_path,
         "peak_memory_mib": peak, "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "RSS",
     }
+
+
+def fused_state(model) -> str:
+    """Whether our side's conv1 block ran as fused.c ("on") or why it did not."""
+    import torch
+
+    from mnist_cnn import fused
+
+    probe = torch.zeros(1, 1, model.cfg.image_size, model.cfg.image_size)
+    return "on" if fused.applies(probe, model.conv1, model.pool) else fused.why_not()
 
 
 # -----------------------------------------------------------------------------
@@ -273,6 +284,8 @@ def format_table(res: dict) -> str:
 
     rows = [
         ("device, precision, threads", lambda s: f"{s['device']} {s['precision']} {s['threads'] or ''}".strip()),
+        ("fused conv1 kernel (fused.c)", lambda s: "-" if not s.get("fused_conv1") else
+         "on" if s["fused_conv1"] == "on" else f"off: {s['fused_conv1'][:40]}"),
         ("epochs run", lambda s: str(s["epochs"])),
         ("s/epoch (train + test)", lambda s: " ".join(f"{x:.1f}" for x in s["seconds_per_epoch"])),
         ("total s", lambda s: fmt(s["total_seconds"], ".1f")),
