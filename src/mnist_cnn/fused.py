@@ -7,8 +7,8 @@ that the pool scatters into. fused.c never stores the 26x26 map: per pooled outp
 values, keeps the largest (one byte says which), adds the bias and applies ReLU. Same function, same
 gradients: tests/test_fused.py checks both against conv2d + max_pool2d + relu, ties included.
 
-Measured on this 2-core AMD EPYC (Zen 4), torch 2.14.1, 2 threads, batch 64, bf16 out: the C forward 155 us and
-backward 165 us; the block's forward + backward through autograd, best of 10 x 100 interleaved, 1.60 ms eager
+Measured on this 2-core AMD EPYC (Zen 4), torch 2.14.1, 2 threads, batch 64, bf16 out: the C forward 147 us and
+backward 164 us; the block's forward + backward through autograd, best of 10 x 100 interleaved, 1.60 ms eager
 (conv2d, max_pool2d, relu), 0.50 ms fused; a whole training step, best of 12 x 60: 6.75 ms eager, 4.93 ms fused.
 
 Net.features uses it when `applies()`: a CPU input that needs no gradient (saliency maps take the eager path),
