@@ -52,6 +52,10 @@ def test_bench_table_and_errors(mnist_dir):
     med = median_of(runs)
     assert med["total_seconds"] == 2.0 and med["test_accuracy"] == [0.8] and med["repeats"] == 3
     assert med["threads"] == 2 and type(med["threads"]) is int
+    assert med["per_run"]["total_seconds"] == [3.0, 1.0, 2.0]
+    reached = [{"seconds_to_target": t} for t in (5.0, None, 7.0)]
+    assert median_of(reached)["seconds_to_target"] == 7.0  # never reached = infinitely late
+    assert median_of(reached[:2] + [{"seconds_to_target": None}])["seconds_to_target"] is None
     assert med["latency_ms"] is None
 
     fake = {"device": "cpu", "precision": "float32", "threads": 2, "epochs": 1, "seconds_per_epoch": [10.0],

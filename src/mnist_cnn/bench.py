@@ -30,6 +30,7 @@ allocation on CUDA. Setup (imports, reading MNIST) is outside the timed seconds 
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import statistics
@@ -226,17 +227,23 @@ def run_child(side, args) -> dict:
 
 
 def median_of(runs: list[dict]) -> dict:
-    """Per-field median over repeats (lists element-wise); non-numbers from the first run."""
+    """Per-field median over repeats (lists element-wise); non-numbers from the first run. seconds_to_target
+    counts a run that never got there as infinitely late (None when the median run did not); each run's own
+    total, final accuracy and time to target are kept under "per_run"."""
     out = dict(runs[0])
     for k, v in runs[0].items():
         vals = [r[k] for r in runs]
-        if isinstance(v, int) and not isinstance(v, bool) and all(type(x) is int for x in vals):
+        if k == "seconds_to_target":
+            m = statistics.median(math.inf if x is None else x for x in vals)
+            out[k] = None if math.isinf(m) else m
+        elif isinstance(v, int) and not isinstance(v, bool) and all(type(x) is int for x in vals):
             out[k] = vals[0] if len(set(vals)) == 1 else statistics.median(vals)  # threads, epochs, batch stay ints
         elif isinstance(v, float | int) and not isinstance(v, bool) and all(isinstance(x, float | int) for x in vals):
             out[k] = statistics.median(vals)
         elif isinstance(v, list) and all(isinstance(x, list) and len(x) == len(v) for x in vals):
             out[k] = [statistics.median(col) for col in zip(*vals, strict=True)]
     out["repeats"] = len(runs)
+    out["per_run"] = {k: [r.get(k) for r in runs] for k in ("total_seconds", "final_accuracy", "seconds_to_target")}
     return out
 
 
