@@ -106,6 +106,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
     import torch
     from PIL import Image
 
+    from mnist_cnn import fused
     from mnist_cnn.data import MNIST, load_mnist, normalize
     from mnist_cnn.evaluate import evaluate
     from mnist_cnn.train import TrainConfig, pick_device, pick_dtype, train
@@ -185,7 +186,8 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
     return {
         "side": side, "device": str(device), "precision": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "fused_conv1": None if side == "reference" or device.type != "cpu" else fused_state(model),
+        "fused_conv1": None if side == "reference" or device.type != "cpu" else fused.describe(
+            model.conv1, model.pool, model.cfg.image_size),
         "epochs": len(history), "seconds_per_epoch": seconds, "total_seconds": cum[-1], "cpu_seconds": cpu_seconds,
         "test_accuracy": [h["test_accuracy"] for h in history], "final_accuracy": history[-1]["test_accuracy"],
         "final_accuracy_fp32": fp32_acc, "seconds_to_target": hit,
@@ -195,16 +197,6 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
         "latency_path": "seed transform + forward" if side == "reference" else latency_path,
         "peak_memory_mib": peak, "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "RSS",
     }
-
-
-def fused_state(model) -> str:
-    """Whether our side's conv1 block ran as fused.c ("on") or why it did not."""
-    import torch
-
-    from mnist_cnn import fused
-
-    probe = torch.zeros(1, 1, model.cfg.image_size, model.cfg.image_size)
-    return "on" if fused.applies(probe, model.conv1, model.pool) else fused.why_not()
 
 
 # -----------------------------------------------------------------------------

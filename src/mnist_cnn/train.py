@@ -432,8 +432,7 @@ def _train(cfg, state, data, device, world, log):
         where = f"{world.size} processes ({per_rank} per process), " if world.size > 1 else ""
         threads = ""
         if device.type == "cpu":
-            probe = torch.zeros(1, 1, cfg.model.image_size, cfg.model.image_size)
-            kernel = "on" if fused.applies(probe, model.conv1, model.pool) else fused.why_not()
+            kernel = fused.describe(model.conv1, model.pool, cfg.model.image_size)
             threads = f", {torch.get_num_threads()} threads, fused conv1 kernel {kernel}"
         log(f"training on {device} ({str(dtype).removeprefix('torch.')}{threads}), {n:,} images, {where}"
             f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, {cfg.epochs} epochs"
