@@ -1,9 +1,9 @@
-"""Train the seed's MNIST CNN: 5 epochs, loss and test accuracy per epoch, weights saved to mnist_cnn_model.pth.
+"""Train the tutorial's MNIST CNN: 5 epochs, loss and test accuracy per epoch, weights saved to mnist_cnn_model.pth.
 
-    python mnist_classifier.py                 # the seed's recipe
+    python mnist_classifier.py                 # the tutorial's recipe
     python mnist_classifier.py --epochs 1      # any `mnist-cnn train` flag passes through
 
-This is `mnist-cnn train` with the seed's defaults; see README.md.
+This is `mnist-cnn train` with the tutorial's defaults; see README.md.
 """
 
 import sys

@@ -29,7 +29,7 @@ from fontdigits import awkward, digit_set, fonts, on_paper  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mnist_cnn.errors import MnistCnnError  # noqa: E402
-from mnist_cnn.predict import Classifier  # noqa: E402
+from mnist_cnn.predict.classifier import Classifier  # noqa: E402
 
 
 def measure(clf: Classifier) -> dict:

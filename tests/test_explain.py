@@ -10,7 +10,7 @@ from PIL import Image
 from mnist_cnn import checkpoint
 from mnist_cnn.cli import main
 from mnist_cnn.errors import ConfigError
-from mnist_cnn.explain import activations, saliency, summary
+from mnist_cnn.insight.explain import activations, saliency, summary
 from mnist_cnn.model import ModelConfig, Net, count_params
 
 # by hand: side after conv1, pool1, conv2, pool2; params of conv1, conv2, fc1, fc2

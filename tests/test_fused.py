@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn import fused
 from mnist_cnn.model import ModelConfig, Net
+from mnist_cnn.perf import fused
 
 pytestmark = pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler here")
 

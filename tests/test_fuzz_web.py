@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from mnist_cnn.preprocess import PreprocessError, preprocess
+from mnist_cnn.predict.preprocess import PreprocessError, preprocess
 
 SCALE = int(os.environ.get("MNIST_CNN_FUZZ_SCALE", "1"))
 TIME_BOUND_S = 5.0  # per input, on the shared 2-core machine; a 28x28..200x200 input takes milliseconds alone
@@ -84,7 +84,7 @@ pytest.importorskip("fastapi")
 def web_schema(tmp_path_factory, mnist, mnist_dir):
     from webutil import tiny_model
 
-    from mnist_cnn.web.app import create_app
+    from mnist_cnn.serve.app import create_app
 
     app = create_app(tiny_model(tmp_path_factory.getbasetemp(), mnist), mnist_dir)
     return schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from mnist_cnn import checkpoint, reference
+from mnist_cnn import checkpoint
 from mnist_cnn.errors import CheckpointError, ConfigError
 from mnist_cnn.model import ModelConfig, Net, count_params, feature_sizes
+from mnist_cnn.perf import reference
 
 
 def test_seed_network_shapes_and_params():
@@ -50,7 +51,7 @@ def test_checkpoint_round_trip_and_seed_net_loads_it(tmp_path):
     seed_path = tmp_path / "seed.pth"
     checkpoint.save(seed_path, Net())
     seed = reference.Net()
-    seed.load_state_dict(torch.load(seed_path, weights_only=True))  # the seed user's code, unchanged
+    seed.load_state_dict(torch.load(seed_path, weights_only=True))  # the tutorial user's code, unchanged
 
 
 def test_bad_checkpoints_are_one_clear_error(tmp_path):

@@ -12,8 +12,8 @@ from PIL import Image, ImageDraw
 
 from mnist_cnn import checkpoint
 from mnist_cnn.model import Net
-from mnist_cnn.predict import Classifier, Prediction
-from mnist_cnn.preprocess import PreprocessError, preprocess
+from mnist_cnn.predict.classifier import Classifier, Prediction
+from mnist_cnn.predict.preprocess import PreprocessError, preprocess
 
 
 @pytest.fixture(scope="session")

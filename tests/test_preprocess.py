@@ -8,9 +8,9 @@ import torch
 from fontdigits import awkward, fonts, render
 from PIL import Image, ImageDraw
 
-from mnist_cnn import preprocess as pp
 from mnist_cnn.data import normalize
-from mnist_cnn.preprocess import PreprocessError, load_image, preprocess, to_mnist
+from mnist_cnn.predict import preprocess as pp
+from mnist_cnn.predict.preprocess import PreprocessError, load_image, preprocess, to_mnist
 
 
 def stroke_image(size=(200, 160), paper=235, ink=20, box=(60, 40, 120, 130), width=12):

@@ -3,7 +3,7 @@
 import json
 
 from mnist_cnn.cli import main
-from mnist_cnn.explain import summary
+from mnist_cnn.insight.explain import summary
 from mnist_cnn.model import ModelConfig
 
 

@@ -19,7 +19,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mnist_cnn.data import normalize  # noqa: E402
-from mnist_cnn.web.app import MAX_BODY, STATIC, create_app  # noqa: E402
+from mnist_cnn.serve.app import MAX_BODY, STATIC, create_app  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,7 @@ def test_a_bug_is_a_logged_500_not_a_crash(app, caplog, monkeypatch):
         raise RuntimeError("simulated bug")
 
     monkeypatch.setattr(app.state.engine.model, "forward", broken)  # fails inside the forward thread
-    with caplog.at_level(logging.ERROR, logger="mnist_cnn.web"):
+    with caplog.at_level(logging.ERROR, logger="mnist_cnn.serve"):
         r = TestClient(app, raise_server_exceptions=False).post("/api/predict", json={"pixels": [0] * 784})
     assert r.status_code == 500 and "internal" in r.json()["detail"]
     assert "simulated bug" in caplog.text
@@ -241,11 +241,11 @@ def test_a_bug_is_a_logged_500_not_a_crash(app, caplog, monkeypatch):
 
 
 def test_one_log_line_per_request(client, caplog):
-    with caplog.at_level(logging.INFO, logger="mnist_cnn.web"):
+    with caplog.at_level(logging.INFO, logger="mnist_cnn.serve"):
         client.get("/healthz")
         client.post("/api/predict", json={"pixels": [0] * 784})
         client.get("/nope")
-    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_cnn.web"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "mnist_cnn.serve"]
     assert len(lines) == 3
     assert "GET /healthz 200" in lines[0] and "POST /api/predict 200" in lines[1] and "GET /nope 404" in lines[2]
 

@@ -72,7 +72,7 @@ def test_serve_end_to_end(model_path, mnist_dir, mnist, tmp_path):
         assert get(base + "/healthz")[0] == 200
 
         # the bounded load script, small: zero errors, a latency report
-        proc = subprocess.run([sys.executable, "-m", "mnist_cnn.web.load", "--url", base, "--requests", "200",
+        proc = subprocess.run([sys.executable, "-m", "mnist_cnn.serve.load", "--url", base, "--requests", "200",
                                "--concurrency", "8", "--warmup", "10", "--json"],
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr + proc.stdout
@@ -107,6 +107,6 @@ def test_serve_user_errors_are_one_line(tmp_path, model_path):
     (["--url", f"http://127.0.0.1:{free_port()}"], "cannot connect"),
 ])
 def test_load_script_refuses(args, says):
-    proc = subprocess.run([sys.executable, "-m", "mnist_cnn.web.load", *args], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "mnist_cnn.serve.load", *args], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

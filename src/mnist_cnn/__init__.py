@@ -1,4 +1,4 @@
-"""mnist-cnn: the seed's MNIST CNN as software you can train, run on your own digits, and look inside."""
+"""mnist-cnn: the tutorial's MNIST CNN as software you can train, run on your own digits, and look inside."""
 
 import os
 
@@ -7,7 +7,7 @@ import os
 # second core falls asleep between them. Measured, batch 64 bf16 train step, 2 threads, best of 3 x 300 steps:
 # 7.4 ms default, 6.3 ms at 3M, 6.5 ms at 30M or OMP_WAIT_POLICY=ACTIVE (which spins forever: bad for `serve`).
 # Set GOMP_SPINCOUNT yourself to override; it has no effect if torch was imported before mnist_cnn. `bench`
-# runs its reference side (the seed's script) with libgomp's default, 300000.
+# runs its reference side (the tutorial's script) with libgomp's default, 300000.
 os.environ.setdefault("GOMP_SPINCOUNT", "3000000")
 
 __version__ = "0.1.0"

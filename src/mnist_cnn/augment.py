@@ -12,7 +12,7 @@ bilinearly, which is what preprocessing does to an 8x8 icon or a thumbnail (its 
 that scale_to_box blows up to a soft 20 px blob, a texture MNIST never shows).
 
 Printed digits. MNIST holds handwriting only, so a printed 1 with a foot reads as a 2 and a printed 6 with a
-hooked top as a 5, more or less often depending on the seed. A share of every batch is therefore replaced
+hooked top as a 5, more or less often depending on the tutorial. A share of every batch is therefore replaced
 by digits rendered from the fonts matplotlib ships (STIX and Computer Modern: serif, sans and typewriter
 faces, a dependency already), made into 28x28 exactly as `mnist-cnn predict` makes a user's image, then
 distorted like the rest. DejaVu and Liberation, the fonts the measurements in the README use, are left out,
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from mnist_cnn.preprocess import to_mnist
+from mnist_cnn.predict.preprocess import to_mnist
 
 ROTATE_DEG = 12.0  # |rotation| up to this
 SHEAR_DEG = 12.0  # |horizontal shear| up to this: slanted handwriting

@@ -1,4 +1,4 @@
-"""Checkpoints: `model.pth` is a plain state_dict, exactly what the seed saves; `model.json` beside it says
+"""Checkpoints: `model.pth` is a plain state_dict, exactly what the tutorial saves; `model.json` beside it says
 what made it (model config, training arguments, per-epoch metrics, data checksums, library versions), so any
 later command can rebuild the right architecture from the file alone. Both are written atomically.
 """
@@ -45,7 +45,7 @@ def save(path: str | Path, model: Net, train_args: dict | None = None, history: 
 
 
 def read_meta(path: str | Path) -> dict:
-    """The JSON beside a checkpoint; {} if there is none (a bare seed-style .pth: default architecture)."""
+    """The JSON beside a checkpoint; {} if there is none (a bare tutorial-style .pth: default architecture)."""
     mp = meta_path(path)
     if not mp.exists():
         return {}

@@ -23,8 +23,8 @@ def add_data_dir(p):
 
 
 def add_model_flags(p):
-    """The seed's architecture hyperparameters; defaults are the seed's."""
-    g = p.add_argument_group("model (defaults: the seed's network)")
+    """The tutorial's architecture hyperparameters; defaults are the tutorial's."""
+    g = p.add_argument_group("model (defaults: the tutorial's network)")
     g.add_argument("--channels", type=int, nargs=2, default=[32, 64], metavar=("C1", "C2"))
     g.add_argument("--kernel-size", type=int, default=3)
     g.add_argument("--pool-kernel", type=int, default=2)
@@ -84,10 +84,10 @@ def add_reliability_flags(p):
 
 
 def add_speed_flags(p):
-    """Recipes and time-to-accuracy (mnist_cnn.train.RECIPES); defaults are the seed's recipe."""
+    """Recipes and time-to-accuracy (mnist_cnn.train.RECIPES); defaults are the tutorial's recipe."""
     g = p.add_argument_group("speed (see README: Performance)")
-    g.add_argument("--recipe", choices=["seed", "fast"], default="seed",
-                   help="seed: the seed's recipe (default); fast: reach 99.0%% test accuracy soonest "
+    g.add_argument("--recipe", choices=["tutorial", "fast"], default="tutorial",
+                   help="tutorial: the tutorial's recipe (default); fast: reach 99.0%% test accuracy soonest "
                         "(1 epoch, batch 64, one-cycle Adam 6e-3, label smoothing 0.1, stop at 99.0%%)")
     g.add_argument("--target-accuracy", type=float, default=None, metavar="PCT",
                    help="stop as soon as the test accuracy reaches PCT (checked each epoch, and every "
@@ -204,7 +204,7 @@ def cmd_serve(args):
     import torch
     import uvicorn
 
-    from mnist_cnn.web.app import create_app
+    from mnist_cnn.serve.app import create_app
 
     if args.threads < 1:
         raise MnistCnnError(f"--threads must be at least 1, got {args.threads}")
@@ -244,7 +244,7 @@ def add_summary(sub):
 
 def cmd_summary(args):
     from mnist_cnn import checkpoint
-    from mnist_cnn.explain import format_summary, summary
+    from mnist_cnn.insight.explain import format_summary, summary
 
     cfg = checkpoint.load(args.model)[0].cfg if args.model else model_config(args)
     s = summary(cfg)
@@ -273,7 +273,7 @@ def cmd_explain(args):
 
     from mnist_cnn import checkpoint
     from mnist_cnn.errors import MnistCnnError
-    from mnist_cnn.explain import figure_explain, figure_filters
+    from mnist_cnn.insight.explain import figure_explain, figure_filters
 
     if (args.image is None) == (args.test_index is None):
         raise MnistCnnError("give exactly one of IMAGE or --test-index N")
@@ -290,9 +290,9 @@ def cmd_explain(args):
         label, caption = int(data.test_labels[args.test_index]), f"MNIST test image {args.test_index}"
     else:
         try:
-            from mnist_cnn.preprocess import preprocess
+            from mnist_cnn.predict.preprocess import preprocess
         except ImportError:
-            raise MnistCnnError("explaining an image file needs mnist_cnn.preprocess, which this install lacks; "
+            raise MnistCnnError("explaining an image file needs Pillow (mnist_cnn.predict.preprocess); "
                                 "use --test-index N") from None
         x, caption = preprocess(args.image), Path(args.image).name  # (1, 28, 28)
     out = Path(args.out)
@@ -317,11 +317,11 @@ def cmd_explain(args):
 
 
 CONCEPT_TOPICS = ("softmax", "loss", "tensors", "transforms", "batches", "conv", "pool", "output_size", "backprop",
-                  "zero_grad", "train_eval")  # = mnist_cnn.concepts.TOPICS, spelled out so --help needs no torch
+                  "zero_grad", "train_eval")  # = insight.concepts.TOPICS, spelled out so --help needs no torch
 
 
 def add_concepts(sub):
-    p = sub.add_parser("concepts", help="the seed's worked examples (softmax, backprop, ...) as checked computations")
+    p = sub.add_parser("concepts", help="the tutorial's worked examples (softmax, backprop, ...) , checked")
     p.add_argument("topic", nargs="?", choices=CONCEPT_TOPICS, metavar="TOPIC",
                    help="one of: " + ", ".join(CONCEPT_TOPICS) + " (default: all)")
     p.add_argument("--model", default="mnist_cnn_model.pth", help="for output_size: compare with this model")
@@ -331,7 +331,7 @@ def add_concepts(sub):
 
 
 def cmd_concepts(args):
-    from mnist_cnn.concepts import Context, format_concept, run
+    from mnist_cnn.insight.concepts import Context, format_concept, run
 
     results = run(args.topic, Context(data_dir=args.data_dir, model=args.model))
     if args.json:
@@ -359,7 +359,7 @@ def cmd_report(args):
     from mnist_cnn import checkpoint
     from mnist_cnn.data import load_mnist
     from mnist_cnn.errors import MnistCnnError
-    from mnist_cnn.report import report
+    from mnist_cnn.insight.report import report
 
     model, meta = checkpoint.load(args.model)
     data = load_mnist(args.data_dir, quiet=args.json)
@@ -380,7 +380,7 @@ def cmd_report(args):
 
 
 def add_study(sub):
-    p = sub.add_parser("study", help="measure the seed's hyperparameter choices: params, MACs, speed, accuracy")
+    p = sub.add_parser("study", help="measure the tutorial's hyperparameter choices: params, MACs, speed, accuracy")
     p.add_argument("--quick", action="store_true",
                    help="1 epoch on 6,000 training images, 1 seed (a minute or two on 2 cores)")
     p.add_argument("--seeds", type=int, default=None, help="runs per variant (default 3; --quick: 1)")
@@ -398,8 +398,8 @@ def add_study(sub):
 
 
 def cmd_study(args):
-    from mnist_cnn import study
     from mnist_cnn.data import load_mnist
+    from mnist_cnn.insight import study
 
     q = args.quick
     seeds = args.seeds if args.seeds is not None else (1 if q else 3)
@@ -421,13 +421,13 @@ def cmd_study(args):
 
 
 def add_bench(sub):
-    p = sub.add_parser("bench", help="time the seed's pipeline and ours side by side (table of ratios)")
+    p = sub.add_parser("bench", help="time the tutorial's pipeline and ours side by side (table of ratios)")
     add_data_dir(p)
-    p.add_argument("--epochs", type=int, default=5, help="epochs for the reference and the seed recipe")
+    p.add_argument("--epochs", type=int, default=5, help="epochs for the reference and the tutorial recipe")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.add_argument("--repeats", type=int, default=1, help="run each side N times; report the medians")
     p.add_argument("--target", type=float, default=99.0, metavar="PCT", help="the accuracy to time (percent)")
-    p.add_argument("--sides", nargs="+", choices=["reference", "seed", "fast"], default=["reference", "seed", "fast"])
+    p.add_argument("--sides", nargs="+", choices=["tutorial", "ours", "fast"], default=["tutorial", "ours", "fast"])
     p.add_argument("--quick", action="store_true",
                    help="tiny budget (20 batches per epoch, 1,280 test images): checks the plumbing, not speed")
     p.add_argument("--json", action="store_true")
@@ -435,8 +435,8 @@ def add_bench(sub):
 
 
 def cmd_bench(args):
-    from mnist_cnn.bench import bench, format_table
     from mnist_cnn.errors import ConfigError
+    from mnist_cnn.perf.bench import bench, format_table
     from mnist_cnn.train import pick_device
 
     if args.epochs < 1 or args.repeats < 1:
@@ -464,7 +464,7 @@ def add_predict(sub):
 
 
 def cmd_predict(args):
-    from mnist_cnn.predict import Classifier, expand_inputs, save_input
+    from mnist_cnn.predict.classifier import Classifier, expand_inputs, save_input
 
     if not 1 <= args.top_k <= 10:
         raise MnistCnnError(f"--top-k must be between 1 and 10, got {args.top_k}")
@@ -497,7 +497,7 @@ def cmd_predict(args):
 
 
 def build_parser() -> Parser:
-    parser = Parser(prog="mnist-cnn", description="Train, run and look inside the seed's MNIST CNN.")
+    parser = Parser(prog="mnist-cnn", description="Train, run and look inside the tutorial's MNIST CNN.")
     from mnist_cnn import __version__
 
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")

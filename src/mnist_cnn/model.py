@@ -1,4 +1,4 @@
-"""The seed's CNN, built from a ModelConfig.
+"""The tutorial's CNN, built from a ModelConfig.
 
     input        (B, 1, 28, 28)
     conv1 3x3    (B, 32, 26, 26)   28 - 3 + 1 = 26           320 params
@@ -11,8 +11,8 @@
                                                    total 225,034
 
 The flatten size (1600 above) is never written down: a dummy 28x28 tensor goes through the conv part once
-and its size is read off, the trick the seed's Q&A describes. For the default config the state_dict keys are
-exactly the seed's (conv1.*, conv2.*, fc1.*, fc2.*), so the seed's own `Net` loads our weights.
+and its size is read off, the trick the tutorial's Q&A describes. For the default config the state_dict keys are
+exactly the tutorial's (conv1.*, conv2.*, fc1.*, fc2.*), so the tutorial's own `Net` loads our weights.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mnist_cnn import fused
 from mnist_cnn.errors import ConfigError
+from mnist_cnn.perf import fused
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ModelConfig:
     pool_kernel: int = 2
     pool_stride: int = 2
     fc_units: int = 128
-    dropout: float = 0.0  # the seed has none; applied before fc1 and fc2 when > 0
+    dropout: float = 0.0  # the tutorial has none; applied before fc1 and fc2 when > 0
     num_classes: int = 10
     image_size: int = 28
 
@@ -89,14 +89,14 @@ class Net(nn.Module):
         self.conv2 = nn.Conv2d(c1, c2, cfg.kernel_size)
         self.pool = nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride)
         self.dropout = nn.Dropout(cfg.dropout)
-        with torch.no_grad():  # the seed's trick: let a dummy image tell us the flatten size
+        with torch.no_grad():  # the tutorial's trick: let a dummy image tell us the flatten size
             self.flat_features = self.features(torch.zeros(1, 1, cfg.image_size, cfg.image_size)).numel()
         self.fc1 = nn.Linear(self.flat_features, cfg.fc_units)
         self.fc2 = nn.Linear(cfg.fc_units, cfg.num_classes)
 
     def features(self, x):  # (B, 1, 28, 28) -> (B, C2, 5, 5)
-        # Pool, then ReLU: the seed writes relu-then-pool, and it is the same function with the same gradients
-        # (ReLU is monotonic, so max and ReLU commute; tests/test_bench.py checks it against the seed's Net),
+        # Pool, then ReLU: the tutorial writes relu-then-pool, and it is the same function with the same gradients
+        # (ReLU is monotonic, so max and ReLU commute; tests/test_bench.py checks it against the tutorial's Net),
         # but ReLU and its backward then touch 4x fewer values. Forward + backward at batch 64, bf16,
         # channels_last, 1 thread, best of 90 steps: 19.3 ms relu-then-pool, 10.1 ms pool-then-relu.
         # On the CPU the first block runs as one hand-written C loop (fused.py: the same function; forward +

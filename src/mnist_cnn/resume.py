@@ -3,7 +3,7 @@
 After every epoch `train` writes, each with temp file + fsync + rename (data.atomic_write), so a kill at any
 instant leaves the previous complete file under the real name:
 
-    OUT            the model's plain state_dict (what `predict`, `evaluate` and the seed's Net load)
+    OUT            the model's plain state_dict (what `predict`, `evaluate` and the tutorial's Net load)
     OUT.json       what made it (checkpoint.save)
     OUT.state.pt   everything needed to continue: model, optimizer, scheduler (if any), epochs done, the
                    position inside an interrupted epoch, the permutation generator and torch RNG states,

@@ -4,8 +4,8 @@
     p = clf.predict("my_digit.jpg")                    # path, bytes, file, PIL image, numpy array or tensor
     p.digit, p.probabilities, p.image28                # argmax, 10 softmax probabilities, what the net saw
 
-As the seed's Q&A says, the network's last layer gives 10 scores (logits); softmax turns them into a
-probability per class and the prediction is the largest. Images go through `mnist_cnn.preprocess` first,
+As the tutorial's Q&A says, the network's last layer gives 10 scores (logits); softmax turns them into a
+probability per class and the prediction is the largest. Images go through `mnist_cnn.predict.preprocess` first,
 so a photo of dark ink on paper looks like an MNIST digit to the network. An already-normalized tensor of
 shape (1, 28, 28) or (28, 28) (as `preprocess` returns it, values in [-1, 1]) is used as it is.
 """
@@ -21,7 +21,7 @@ import torch
 
 from mnist_cnn import checkpoint
 from mnist_cnn.data import MEAN, STD
-from mnist_cnn.preprocess import load_image, normalize_image, to_mnist
+from mnist_cnn.predict.preprocess import load_image, normalize_image, to_mnist
 
 
 @dataclass

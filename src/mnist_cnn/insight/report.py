@@ -16,7 +16,7 @@ import torch
 
 from mnist_cnn.data import MNIST
 from mnist_cnn.evaluate import confusion_matrix, logits_of
-from mnist_cnn.explain import pyplot
+from mnist_cnn.insight.explain import pyplot
 
 
 def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:

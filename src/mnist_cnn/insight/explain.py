@@ -1,6 +1,6 @@
 """Looking inside the CNN: what each layer computes, from the formulas and from a real forward pass.
 
-`summary(cfg)` is the seed's layer-by-layer arithmetic done for any ModelConfig, on a 28x28 input:
+`summary(cfg)` is the tutorial's layer-by-layer arithmetic done for any ModelConfig, on a 28x28 input:
 
     layer   output      formula                                    params     MACs   RF
     input   1x28x28                                                     0        0    1
@@ -113,7 +113,7 @@ def summary(cfg: ModelConfig = ModelConfig()) -> dict:
         "params": sum(layer["params"] for layer in layers),
         "macs": sum(layer["macs"] for layer in layers),
         "flatten_formula": flat,
-        "flatten_dummy": Net(cfg).flat_features,  # the seed's dummy-tensor trick, run for real
+        "flatten_dummy": Net(cfg).flat_features,  # the tutorial's dummy-tensor trick, run for real
         "unseen_border": cfg.image_size - seen,  # input rows/columns (bottom, right) no unit ever sees
     }
 

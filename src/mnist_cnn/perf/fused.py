@@ -1,7 +1,7 @@
 """conv1 + 2x2 max-pool + ReLU as one C loop on the CPU (fused.c), compiled with the machine's C compiler on
 first use and cached.
 
-The seed's first block is little arithmetic (~25 MFLOP for a batch of 64) and a lot of memory traffic: a
+The tutorial's first block is little arithmetic (~25 MFLOP for a batch of 64) and a lot of memory traffic: a
 (B, 32, 26, 26) conv output, int64 pool indices, and in the backward a zero-filled (B, 32, 26, 26) gradient
 that the pool scatters into. fused.c never stores the 26x26 map: per pooled output it computes the four conv
 values, keeps the largest (one byte says which), adds the bias and applies ReLU. Same function, same

@@ -1,26 +1,26 @@
-"""`mnist-cnn bench`: the seed's pipeline and ours, side by side, in one sitting on one device.
+"""`mnist-cnn bench`: the tutorial's pipeline and ours, side by side, in one sitting on one device.
 
 Three sides, each in its own child process (so each has its own peak memory and thread settings), one after
 the other, `--repeats` times in turn, every other time in reverse order (so `--repeats 2` is an ABBA
 comparison); every figure is the median over the repeats:
 
-  reference  `reference.run`: the seed's script, faithful (DataLoader, per-sample ToTensor + Normalize,
-             batch 64, Adam 1e-3, fp32), test accuracy after every epoch.
-  seed       ours, the same recipe on our engine (`train --recipe seed`, the default).
+  tutorial   the tutorial's pipeline (`perf/reference.py`), faithful: DataLoader, per-sample ToTensor +
+             Normalize, batch 64, Adam 1e-3, fp32, test accuracy after every epoch.
+  ours       the same recipe on our engine (`train --recipe tutorial`, the default).
   fast       ours, `train --recipe fast`: one epoch of one-cycle Adam with label smoothing, stopping when
              the test accuracy reaches the target (its checks' time counts).
 
-For each side: seconds per epoch (training + the test pass, as the seed times it), total seconds, test
+For each side: seconds per epoch (training + the test pass, as the tutorial times it), total seconds, test
 accuracy after each epoch, seconds until the test accuracy first reaches the target, training images/s,
 inference images/s at a large batch, the latency of one image through the predict path (PNG decode,
-preprocess, forward; ours is `Classifier.predict`, whose MNIST-style crop and centring the seed does not
-have, so a second row times ours on the seed's short path: decode, normalize, forward), peak memory, and
-ours/reference ratios. The final accuracy is also re-measured in fp32
+preprocess, forward; ours is `Classifier.predict`, whose MNIST-style crop and centring the tutorial does not
+have, so a second row times ours on the tutorial's short path: decode, normalize, forward), peak memory, and
+ours/tutorial ratios. The final accuracy is also re-measured in fp32
 so a bf16 evaluation can't flatter a recipe. Nothing here asserts a timing.
 
 On a machine other processes are loading, wall seconds measure the share of the cores a side got as much
 as its work; "total CPU s" (the child's CPU time over the span of "total s": training and the test passes;
-the seed's DataLoader has no worker processes) is the steadier figure there when every side runs with one
+the tutorial's DataLoader has no worker processes) is the steadier figure there when every side runs with one
 thread (OMP_NUM_THREADS=1), and about threads x wall seconds on a quiet machine.
 
 Peak memory is the child's peak RSS on CPU (data, model, framework: everything), torch.cuda's peak
@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-SIDES = ("reference", "seed", "fast")
+SIDES = ("tutorial", "ours", "fast")
 QUICK_BATCHES = 20  # --quick: 20 batches of training per epoch and of testing, per side
 
 
@@ -58,7 +58,7 @@ def _sync(device):
 def inference_rate(model, images_u8, device, dtype, reference: bool, batch: int, seconds: float = 2.0) -> float:
     """Images/s classifying `batch` test images at a time, model already loaded, data already in memory.
 
-    reference: the seed's way, fp32 under no_grad on normalized contiguous tensors; ours: `logits_of`
+    reference: the tutorial's way, fp32 under no_grad on normalized contiguous tensors; ours: `logits_of`
     (inference_mode, channels_last, bf16 where native).
     """
     import torch
@@ -106,9 +106,9 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
     import torch
     from PIL import Image
 
-    from mnist_cnn import fused
     from mnist_cnn.data import MNIST, load_mnist, normalize
     from mnist_cnn.evaluate import evaluate
+    from mnist_cnn.perf import fused
     from mnist_cnn.train import TrainConfig, pick_device, pick_dtype, train
 
     device = pick_device(device_name)
@@ -118,21 +118,21 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
     Image.fromarray(data.test_images[0].numpy()).save(png)  # a real test digit, 28x28 grayscale PNG
     quiet = lambda *a, **k: None  # noqa: E731
 
-    if side == "reference":
+    if side == "tutorial":
         from torchvision import transforms
 
-        from mnist_cnn import reference
+        from mnist_cnn.perf import reference
 
         cpu0 = time.process_time()
         model, history = reference.run(data_dir, epochs, log=quiet, device=str(device),
                                        max_batches=QUICK_BATCHES if quick else None)
         cpu_seconds = time.process_time() - cpu0
         dtype = torch.float32
-        seed_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+        tutorial_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
 
-        def predict_one(path):  # the seed's path for one image: PIL, ToTensor + Normalize, forward, softmax
+        def predict_one(path):  # the tutorial's path for one image: PIL, ToTensor + Normalize, forward, softmax
             with torch.no_grad():
-                x = seed_transform(Image.open(path).convert("L")).unsqueeze(0).to(device)
+                x = tutorial_transform(Image.open(path).convert("L")).unsqueeze(0).to(device)
                 return int(torch.softmax(model(x), 1).argmax())
         model.eval()
     else:
@@ -142,7 +142,8 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
         if quick:  # the same 20 batches of 64 the reference sees, and 1,280 test images
             n = QUICK_BATCHES * 64
             subset = MNIST(data.train_images[:n], data.train_labels[:n], data.test_images[:n], data.test_labels[:n])
-        cfg = TrainConfig(recipe=side, epochs=epochs if side == "seed" else TrainConfig.epochs, device=device_name,
+        recipe = "tutorial" if side == "ours" else side
+        cfg = TrainConfig(recipe=recipe, epochs=epochs if side == "ours" else TrainConfig.epochs, device=device_name,
                           quiet=True, target_accuracy=target if side == "fast" else None)
         if quick and side == "fast":
             cfg.eval_every = 4  # 20 steps: check at 12, 16, 20
@@ -153,7 +154,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
         path = tmp / "model.pth"
         checkpoint.save(path, model)
         try:  # the Classifier from the predict module: decode + MNIST-style preprocess + forward + softmax
-            from mnist_cnn.predict import Classifier
+            from mnist_cnn.predict.classifier import Classifier
 
             clf = Classifier.load(path, device)
             predict_one, latency_path = clf.predict, "Classifier.predict"
@@ -161,7 +162,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
             latency_path = None
         model.eval()
 
-        def seed_style_one(path):  # like the reference's path: decode, normalize, forward (no MNIST-style crop)
+        def plain_one(path):  # like the reference's path: decode, normalize, forward (no MNIST-style crop)
             with torch.inference_mode():
                 x = normalize(torch.from_numpy(np.array(Image.open(path).convert("L")))[None].to(device))
                 return int(torch.softmax(model(x.contiguous(memory_format=torch.channels_last)), 1).argmax())
@@ -170,10 +171,10 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
                                        data.test_images[:QUICK_BATCHES * 64], data.test_labels[:QUICK_BATCHES * 64])
     fp32_acc = evaluate(model.float(), test.test_images, test.test_labels)["accuracy"]
     big = 16384 if device.type == "cuda" else 1024
-    infer = inference_rate(model, data.test_images, device, dtype, side == "reference", big,
+    infer = inference_rate(model, data.test_images, device, dtype, side == "tutorial", big,
                            seconds=0.5 if quick else 2.0)
-    lat = latency_ms(predict_one, png, n=20 if quick else 200) if side == "reference" or latency_path else None
-    lat_plain = lat if side == "reference" else latency_ms(seed_style_one, png, n=20 if quick else 200)
+    lat = latency_ms(predict_one, png, n=20 if quick else 200) if side == "tutorial" or latency_path else None
+    lat_plain = lat if side == "tutorial" else latency_ms(plain_one, png, n=20 if quick else 200)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -186,7 +187,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
     return {
         "side": side, "device": str(device), "precision": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "fused_conv1": None if side == "reference" or device.type != "cpu" else fused.describe(
+        "fused_conv1": None if side == "tutorial" or device.type != "cpu" else fused.describe(
             model.conv1, model.pool, model.cfg.image_size),
         "epochs": len(history), "seconds_per_epoch": seconds, "total_seconds": cum[-1], "cpu_seconds": cpu_seconds,
         "test_accuracy": [h["test_accuracy"] for h in history], "final_accuracy": history[-1]["test_accuracy"],
@@ -194,7 +195,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
         "train_images_per_second": n_images / sum(h["train_seconds"] for h in history),
         "inference_batch": big, "inference_images_per_second": infer,
         "latency_ms": lat, "latency_plain_ms": lat_plain,
-        "latency_path": "seed transform + forward" if side == "reference" else latency_path,
+        "latency_path": "tutorial transform + forward" if side == "tutorial" else latency_path,
         "peak_memory_mib": peak, "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "RSS",
     }
 
@@ -204,10 +205,10 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
 
 
 def run_child(side, args) -> dict:
-    cmd = [sys.executable, "-m", "mnist_cnn.bench", side, args.data_dir, str(args.epochs), args.device,
+    cmd = [sys.executable, "-m", "mnist_cnn.perf.bench", side, args.data_dir, str(args.epochs), args.device,
            str(args.target), "1" if args.quick else "0"]
     env = os.environ.copy()
-    if side == "reference":  # the seed's script never sets it: libgomp's own default (mnist_cnn/__init__.py)
+    if side == "tutorial":  # the tutorial's script never sets it: libgomp's own default (mnist_cnn/__init__.py)
         env["GOMP_SPINCOUNT"] = "300000"
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -251,18 +252,18 @@ def bench(args, log=print) -> dict:
             log(f"bench: run {r + 1}/{args.repeats}: {side} ...")
             results[side].append(run_child(side, args))
     sides = {side: median_of(runs) for side, runs in results.items()}
-    ref = sides.get("reference")
+    ref = sides.get("tutorial")
     ratios = {}
     if ref is not None:
         for side, s in sides.items():
-            if side != "reference":
+            if side != "tutorial":
                 ratios[side] = {k: ratio(s[k], ref[k]) for k in RATIO_KEYS}
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = None
     return {"epochs": args.epochs, "target": args.target, "quick": args.quick, "cpu_count": os.cpu_count(),
-            "load_average_at_end": load, "sides": sides, "ratios_ours_over_reference": ratios}
+            "load_average_at_end": load, "sides": sides, "ratios_ours_over_tutorial": ratios}
 
 
 RATIO_KEYS = ("total_seconds", "cpu_seconds", "seconds_to_target", "train_images_per_second",
@@ -276,7 +277,7 @@ def ratio(a, b):
 def format_table(res: dict) -> str:
     sides = res["sides"]
     names = list(sides)
-    ref = sides.get("reference")
+    ref = sides.get("tutorial")
 
     def fmt(v, spec):
         return "-" if v is None else format(v, spec)
@@ -299,7 +300,7 @@ def format_table(res: dict) -> str:
         ("1-image ms, decode+forward", lambda s: fmt(s.get("latency_plain_ms"), ".2f")),
         (f"peak memory MiB ({sides[names[-1]]['peak_memory_kind']})", lambda s: f"{s['peak_memory_mib']:,.0f}"),
     ]
-    header = ["", *names] + [f"{n}/ref" for n in names if ref is not None and n != "reference"]
+    header = ["", *names] + [f"{n}/tutorial" for n in names if ref is not None and n != "tutorial"]
     lines = []
     for label, get in rows:
         cells = [label] + [get(sides[n]) for n in names]
@@ -311,8 +312,8 @@ def format_table(res: dict) -> str:
             key = key or ("inference_images_per_second" if label.startswith("infer") else
                           "peak_memory_mib" if label.startswith("peak") else None)
             for n in names:
-                if n != "reference":
-                    r = res["ratios_ours_over_reference"][n].get(key) if key else None
+                if n != "tutorial":
+                    r = res["ratios_ours_over_tutorial"][n].get(key) if key else None
                     cells.append(fmt(r, ".3g") if r is not None else "")
         lines.append(cells)
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
@@ -321,6 +322,6 @@ def format_table(res: dict) -> str:
     return "\n".join(out)
 
 
-if __name__ == "__main__":  # child mode: python -m mnist_cnn.bench SIDE DATA_DIR EPOCHS DEVICE TARGET QUICK
+if __name__ == "__main__":  # child mode: python -m mnist_cnn.perf.bench SIDE DATA_DIR EPOCHS DEVICE TARGET QUICK
     side, data_dir, epochs, device, target, quick = sys.argv[1:7]
     print(json.dumps(run_side(side, data_dir, int(epochs), device, float(target), quick == "1")))

@@ -1,12 +1,12 @@
-"""The seed's Q&A, run: every worked example as a live computation that prints its inputs, steps and result,
-and asserts what the seed claims (or says where the seed is wrong).
+"""The tutorial's Q&A, run: every worked example as a live computation that prints its inputs, steps and result,
+and asserts what the tutorial claims (or says where the tutorial is wrong).
 
 Each topic is one function returning a dict:
-    {"topic", "questions" (the seed's Q&A headings it answers), "inputs", "steps", "result", "checks", "notes"}
+    {"topic", "questions" (the tutorial's Q&A headings it answers), "inputs", "steps", "result", "checks", "notes"}
 `mnist-cnn concepts` prints them all; `mnist-cnn concepts backprop` prints one; `--json` gives the dicts.
 A failed assertion here would be a bug in this package or in PyTorch, never a user error.
 
-What the checks found: the seed's softmax example is rounded wrongly (softmax([2.0, 1.0, 0.5]) is
+What the checks found: the tutorial's softmax example is rounded wrongly (softmax([2.0, 1.0, 0.5]) is
 [0.6285, 0.2312, 0.1402], not [0.65, 0.24, 0.11]); its pooling formula "Input Size / Stride" only works when the
 division is exact (11 / 2 = 5.5, the real output is 5); its forward/backward example is exactly right.
 """
@@ -60,7 +60,7 @@ def softmax(ctx: Context) -> dict:
     assert close(p.sum(), 1.0, 1e-12)
     assert close(p, [0.6285, 0.2312, 0.1402], 5e-5)
     seed = torch.tensor([0.65, 0.24, 0.11], dtype=torch.float64)
-    assert not close(p, seed, 0.005)  # the seed's numbers are not a rounding of the true ones
+    assert not close(p, seed, 0.005)  # the tutorial's numbers are not a rounding of the true ones
     pred = int(p.argmax())
     assert pred == 0
     animals = torch.tensor([0.10, 0.75, 0.15])
@@ -86,7 +86,7 @@ def softmax(ctx: Context) -> dict:
                    "n_outputs": out.shape[1]},
         "checks": ["softmax by hand == torch.softmax", "outputs sum to 1", "argmax is class 0",
                    "Net has 10 outputs for 10 classes"],
-        "notes": [f"the seed says [0.65, 0.24, 0.11]; that is wrong: the true values are {fmt(p)} "
+        "notes": [f"the tutorial says [0.65, 0.24, 0.11]; that is wrong: the true values are {fmt(p)} "
                   f"(max difference {(p - seed).abs().max().item():.3f}). Its point stands: the largest logit "
                   f"gets a share larger than its linear share ({(z[0] / z.sum()).item():.3f})."],
     }
@@ -110,7 +110,7 @@ def loss(ctx: Context) -> dict:
         "steps": steps + ["a confident right answer costs little, a wrong one costs a lot"],
         "result": result,
         "checks": ["-log(softmax[true]) == F.cross_entropy (which takes logits: softmax is inside the loss)"],
-        "notes": ["this is why the seed's Net ends in fc2 with no softmax: CrossEntropyLoss applies it"],
+        "notes": ["this is why the tutorial's Net ends in fc2 with no softmax: CrossEntropyLoss applies it"],
     }
 
 
@@ -247,7 +247,7 @@ def conv(ctx: Context) -> dict:
                   f"nn.Conv2d(1, 1, 3) with this kernel as its weight: {torch_out.int().tolist()}",
                   f"highest value {out.max().item():g} at {tuple(divmod(int(out.argmax()), 3))}: where the image "
                   "has a horizontal stroke (the 7's top bar)",
-                  f"the seed's conv1 = nn.Conv2d(1, 32, 3) has {n_params} learnable numbers (32*1*3*3 weights + "
+                  f"the tutorial's conv1 = nn.Conv2d(1, 32, 3) has {n_params} learnable numbers (32*1*3*3 weights + "
                   "32 biases), all requires_grad=True: training sets them, we only choose size and count"],
         "result": {"feature_map": out.tolist()},
         "checks": ["sliding by hand == nn.Conv2d", "conv1 has 320 learnable parameters"],
@@ -289,7 +289,7 @@ def pool(ctx: Context) -> dict:
 
 def output_size(ctx: Context) -> dict:
     from mnist_cnn import checkpoint
-    from mnist_cnn.explain import activations, summary
+    from mnist_cnn.insight.explain import activations, summary
     from mnist_cnn.model import Net
 
     if Path(ctx.model).is_file():
@@ -322,7 +322,7 @@ def output_size(ctx: Context) -> dict:
                           f"gives {s['flatten_dummy']}"],
         "result": {"shapes": table, "flatten": flat},
         "checks": ["every formula shape == the real tensor shape", "formula flatten == dummy-tensor flatten"],
-        "notes": [f"the seed's pooling rule 'Input Size / Stride' gives 26 / 2 = 13 (right) but 11 / 2 = "
+        "notes": [f"the tutorial's pooling rule 'Input Size / Stride' gives 26 / 2 = 13 (right) but 11 / 2 = "
                   f"{seed_pool} for pool2: the real rule is floor((11 - 2) / 2) + 1 = 5"],
     }
 
@@ -382,8 +382,8 @@ def backprop(ctx: Context) -> dict:
                   "{:.4f}".format(fmt(auto["dL/dw"]), auto["dL/db"], fmt(auto["new w"]), auto["new b"])],
         "result": {"by_hand": hand, "autograd": auto},
         "checks": ["every number by hand == autograd + torch.optim.SGD (to 1e-12)",
-                   "both == the seed's numbers (Z 1.3, loss 0.25, grads 1.0/2.0/1.0, w 0.09/0.48, b 0.19)"],
-        "notes": ["the seed's example is right in every digit"],
+                   "both == the tutorial's numbers (Z 1.3, loss 0.25, grads 1.0/2.0/1.0, w 0.09/0.48, b 0.19)"],
+        "notes": ["the tutorial's example is right in every digit"],
     }
 
 
@@ -443,7 +443,7 @@ def train_eval(ctx: Context) -> dict:
                   f"eval(): pass 1 {fmt(e1[0], 0)}", f"eval(): pass 2 {fmt(e2[0], 0)}  (identity, deterministic)"],
         "result": {"train": [t1[0].tolist(), t2[0].tolist()], "eval": [e1[0].tolist(), e2[0].tolist()]},
         "checks": ["train-mode outputs differ between passes", "eval-mode output == input, every time"],
-        "notes": ["the seed's network has no dropout or batch norm, so for it train() and eval() compute the same; "
+        "notes": ["the tutorial's network has no dropout or batch norm, so for it train() and eval() compute the same; "
                   "`mnist-cnn train --dropout 0.25` adds dropout, and then the mode matters"],
     }
 

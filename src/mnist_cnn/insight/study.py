@@ -1,8 +1,8 @@
-"""`mnist-cnn study`: the seed's hyperparameter answers, measured instead of asserted.
+"""`mnist-cnn study`: the tutorial's hyperparameter answers, measured instead of asserted.
 
-The seed's Q&A argues for kernel 3 over 2 or 6, non-overlapping 2/2 pooling over 3/2 or 4/4, fc1 = 128 over 64,
-powers of two for channel counts, and (implicitly) Adam. Each group below changes one of those from the seed's
-network and keeps everything else; the seed's own network appears in every group (trained once per seed and
+The tutorial's Q&A argues for kernel 3 over 2 or 6, non-overlapping 2/2 pooling over 3/2 or 4/4, fc1 = 128 over 64,
+powers of two for channel counts, and (implicitly) Adam. Each group below changes one of those from the tutorial's
+network and keeps everything else; the tutorial's own network appears in every group (trained once per seed and
 reused). For each variant: parameters and MACs (from explain.summary), training speed on this device, and test
 accuracy as mean ± std over seeds.
 
@@ -30,17 +30,17 @@ import torch
 
 from mnist_cnn.data import MNIST
 from mnist_cnn.errors import ConfigError
-from mnist_cnn.explain import pyplot, summary
+from mnist_cnn.insight.explain import pyplot, summary
 from mnist_cnn.model import ModelConfig
 
-SEED_NET = ModelConfig()
+TUTORIAL_NET = ModelConfig()
 
 
 @dataclass(frozen=True)
 class Variant:
     group: str
     label: str
-    model: ModelConfig = SEED_NET
+    model: ModelConfig = TUTORIAL_NET
     optimizer: str = "adam"
     lr: float = 1e-3
 
@@ -52,21 +52,21 @@ class Variant:
 def variants() -> list[Variant]:
     seed = "(seed)"
     return [
-        Variant("kernel", "2", replace(SEED_NET, kernel_size=2)),
+        Variant("kernel", "2", replace(TUTORIAL_NET, kernel_size=2)),
         Variant("kernel", f"3 {seed}"),
-        Variant("kernel", "5", replace(SEED_NET, kernel_size=5)),
-        Variant("kernel", "6", replace(SEED_NET, kernel_size=6)),
+        Variant("kernel", "5", replace(TUTORIAL_NET, kernel_size=5)),
+        Variant("kernel", "6", replace(TUTORIAL_NET, kernel_size=6)),
         Variant("pooling", f"2/2 {seed}"),
-        Variant("pooling", "3/2 overlap", replace(SEED_NET, pool_kernel=3, pool_stride=2)),
-        Variant("pooling", "4/4", replace(SEED_NET, pool_kernel=4, pool_stride=4)),
-        Variant("fc1", "32", replace(SEED_NET, fc_units=32)),
-        Variant("fc1", "64", replace(SEED_NET, fc_units=64)),
+        Variant("pooling", "3/2 overlap", replace(TUTORIAL_NET, pool_kernel=3, pool_stride=2)),
+        Variant("pooling", "4/4", replace(TUTORIAL_NET, pool_kernel=4, pool_stride=4)),
+        Variant("fc1", "32", replace(TUTORIAL_NET, fc_units=32)),
+        Variant("fc1", "64", replace(TUTORIAL_NET, fc_units=64)),
         Variant("fc1", f"128 {seed}"),
-        Variant("fc1", "256", replace(SEED_NET, fc_units=256)),
-        Variant("channels", "16/32", replace(SEED_NET, channels=(16, 32))),
+        Variant("fc1", "256", replace(TUTORIAL_NET, fc_units=256)),
+        Variant("channels", "16/32", replace(TUTORIAL_NET, channels=(16, 32))),
         Variant("channels", f"32/64 {seed}"),
-        Variant("channels", "64/128", replace(SEED_NET, channels=(64, 128))),
-        Variant("channels", "30/60", replace(SEED_NET, channels=(30, 60))),
+        Variant("channels", "64/128", replace(TUTORIAL_NET, channels=(64, 128))),
+        Variant("channels", "30/60", replace(TUTORIAL_NET, channels=(30, 60))),
         Variant("optimizer", f"Adam 1e-3 {seed}"),
         Variant("optimizer", "SGD 1e-2 m0.9", optimizer="sgd", lr=1e-2),
     ]

@@ -1,7 +1,7 @@
-"""The seed's pipeline, kept faithful, as the yardstick: `bench` times it beside ours, tests load our
+"""The tutorial's pipeline, kept faithful, as the yardstick: `bench` times it beside ours, tests load our
 checkpoints into its `Net`.
 
-What the seed's README describes, and nothing more: torchvision's MNIST `Dataset`, per-sample
+What the tutorial's README describes, and nothing more: torchvision's MNIST `Dataset`, per-sample
 `ToTensor()` + `Normalize((0.5,), (0.5,))`, a shuffled `DataLoader` at batch 64, `Net` (conv 1->32 3x3, ReLU,
 pool 2/2, conv 32->64 3x3, ReLU, pool 2/2, fc 1600->128, ReLU, fc 128->10), cross-entropy, Adam 1e-3,
 5 epochs, test accuracy after each epoch, `torch.save(model.state_dict(), "mnist_cnn_model.pth")`.
@@ -59,9 +59,9 @@ def test_accuracy(model, test_loader, device="cpu", max_batches=None) -> float:
 
 def run(data_dir: str = "data", epochs: int = 5, log=print, on_epoch=None, device: str = "cpu",
         max_batches: int | None = None) -> tuple[Net, list[dict]]:
-    """The seed's training script as a function. Returns the model and per-epoch metrics.
+    """The tutorial's training script as a function. Returns the model and per-epoch metrics.
 
-    Measurement hooks only (they change nothing the seed does): `device` moves each batch the way
+    Measurement hooks only (they change nothing the tutorial does): `device` moves each batch the way
     pytorch/examples does, so `bench --device cuda` compares like with like; `max_batches` cuts both loops
     short for the tests' tiny budget; `train_seconds` in the history is the training part of `seconds`.
     """
@@ -89,7 +89,7 @@ def run(data_dir: str = "data", epochs: int = 5, log=print, on_epoch=None, devic
         acc = test_accuracy(model, test_loader, device, max_batches)
         history.append({"epoch": epoch + 1, "train_loss": running_loss / n_batches, "test_accuracy": acc,
                         "seconds": time.perf_counter() - t0, "train_seconds": train_seconds, "images": n_images})
-        log(f"[seed] epoch {epoch + 1}/{epochs}  loss {history[-1]['train_loss']:.4f}  "
+        log(f"[tutorial] epoch {epoch + 1}/{epochs}  loss {history[-1]['train_loss']:.4f}  "
             f"test accuracy {100 * acc:.2f}%  {history[-1]['seconds']:.1f}s")
         if on_epoch is not None:
             on_epoch(model, history)

@@ -56,7 +56,7 @@ MAX_BODY = 2 * 1024 * 1024  # bytes; larger request bodies get 413
 MAX_BATCH = 64  # images per forward pass, at most
 LAYERS = ("conv1", "pool1", "conv2", "pool2", "fc1")  # what `activations` returns to the page
 
-log = logging.getLogger("mnist_cnn.web")
+log = logging.getLogger("mnist_cnn.serve")
 
 
 # -----------------------------------------------------------------------------
@@ -73,7 +73,7 @@ class Engine:
     """
 
     def __init__(self, model_path: str | Path, data_dir: str | Path = "data"):
-        from mnist_cnn.explain import summary
+        from mnist_cnn.insight.explain import summary
 
         self.model_path = Path(model_path)
         self.model, self.meta = checkpoint.load(self.model_path)  # eval mode, on the CPU
@@ -95,7 +95,7 @@ class Engine:
         return out
 
     def _forward_loop(self):
-        from mnist_cnn.explain import activations
+        from mnist_cnn.insight.explain import activations
 
         while True:
             batch = [self._queue.get()]  # wait for one request, then take whatever else is already waiting
@@ -149,7 +149,7 @@ class Engine:
 def encode_maps(t: torch.Tensor) -> dict:
     """One layer's activations for the page, 8-bit: (C, H, W) or (N,) -> each map (or the vector) scaled to
     0..255 by its own maximum. `max` keeps those maxima, so the page can still tell a strong map from a weak one.
-    ~42 kB of base64 for all of conv1..fc1 of the seed's network instead of ~300 kB of JSON floats."""
+    ~42 kB of base64 for all of conv1..fc1 of the tutorial's network instead of ~300 kB of JSON floats."""
     t = t.float().clamp_min(0)  # every layer sent is after a ReLU
     flat = t.reshape(t.shape[0], -1) if t.dim() == 3 else t.reshape(1, -1)
     peak = flat.amax(dim=1, keepdim=True)  # (C, 1)
@@ -165,7 +165,7 @@ def encode_maps(t: torch.Tensor) -> dict:
 def image_from_upload(raw: bytes) -> np.ndarray:
     """Bytes of an image file -> uint8 (28, 28) via preprocess. Empty, not an image, over preprocess's pixel
     limit (a decompression bomb), truncated, blank -> 400 with preprocess's message."""
-    from mnist_cnn.preprocess import load_image, to_mnist
+    from mnist_cnn.predict.preprocess import load_image, to_mnist
 
     if not raw:
         raise HTTPException(400, "the uploaded file is empty")

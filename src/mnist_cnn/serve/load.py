@@ -1,6 +1,6 @@
 """A bounded load test for `mnist-cnn serve`: N predict requests from C concurrent clients, loopback only.
 
-    python -m mnist_cnn.web.load --url http://127.0.0.1:8000 --requests 2000 --concurrency 16 [--json]
+    python -m mnist_cnn.serve.load --url http://127.0.0.1:8000 --requests 2000 --concurrency 16 [--json]
 
 Each client is one keep-alive HTTP/1.1 connection (asyncio, standard library only) that sends
 POST /api/predict with a 28x28 JSON digit (an MNIST test digit from /api/sample when the server has the data,
@@ -173,7 +173,7 @@ async def run(host: str, port: int, requests: int, concurrency: int, max_seconds
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m mnist_cnn.web.load", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m mnist_cnn.serve.load", description=__doc__.splitlines()[0])
     p.add_argument("--url", default="http://127.0.0.1:8000", help="a running `mnist-cnn serve` (loopback only)")
     p.add_argument("--requests", type=int, default=2000, help=f"counted requests, 1..{MAX_REQUESTS:,}")
     p.add_argument("--concurrency", type=int, default=16, help=f"concurrent clients, 1..{MAX_CONCURRENCY}")
