@@ -2,15 +2,16 @@ import pytest
 import torch
 
 from mnist_cnn import checkpoint
+from mnist_cnn.config import conv_layers
 from mnist_cnn.errors import CheckpointError, ConfigError
-from mnist_cnn.model import ModelConfig, Net, count_params, feature_sizes
+from mnist_cnn.model import ModelConfig, Net, count_params
 from mnist_cnn.perf import reference
 
 
 def test_seed_network_shapes_and_params():
     net = Net()
     assert net.flat_features == 1600  # 64 * 5 * 5, found by a dummy forward pass
-    assert [s for _, s in feature_sizes(ModelConfig())] == [26, 13, 11, 5]
+    assert [layer.side_out for layer in conv_layers(ModelConfig())] == [26, 13, 11, 5]
     assert count_params(net) == 225_034
     assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     assert sorted(net.state_dict()) == sorted(reference.Net().state_dict())
@@ -25,7 +26,7 @@ def test_seed_network_shapes_and_params():
 ])
 def test_configs_agree_with_formula(kw, flat):
     cfg = ModelConfig(**kw)
-    side = feature_sizes(cfg)[-1][1]
+    side = conv_layers(cfg)[-1].side_out
     net = Net(cfg)
     assert net.flat_features == cfg.channels[1] * side * side
     if "pool_kernel" not in kw or kw["pool_kernel"] != 3:
