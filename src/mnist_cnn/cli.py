@@ -115,13 +115,18 @@ def add_train(sub):
     p.set_defaults(func=cmd_train)
 
 
+def train_config(args) -> TrainConfig:
+    """The flags given, every other setting at its default, and which ones were given (for recipes, resume)."""
+    given = given_flags(args)
+    return dataclasses.replace(build(TrainConfig, given), save=True, given=frozenset(given))
+
+
 def cmd_train(args):
     from mnist_cnn import checkpoint
     from mnist_cnn.distributed import env_world
     from mnist_cnn.train import train
 
-    given = given_flags(args)
-    cfg = dataclasses.replace(build(TrainConfig, given), save=True, given=frozenset(given))
+    cfg = train_config(args)
     quiet_log = cfg.quiet or args.json
     model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)  # saves after every epoch
     if not env_world().main:  # under torchrun only rank 0 speaks
