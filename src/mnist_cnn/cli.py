@@ -36,7 +36,8 @@ def help_of(f: dataclasses.Field) -> str:
 
 
 def flag_kind(kind, f: dataclasses.Field) -> dict:
-    """argparse's type, nargs or action for a field's annotation: bool, int, float, str, X | None, tuple[X, X]."""
+    """argparse's type, nargs or action for a field's annotation: bool, int, float, str, X | None, tuple[X, X],
+    list[X]."""
     args = typing.get_args(kind)
     if type(None) in args:  # X | None: the flag takes an X
         kind = next(a for a in args if a is not type(None))
@@ -47,6 +48,8 @@ def flag_kind(kind, f: dataclasses.Field) -> dict:
         extra["metavar"] = f.name.upper()
     if typing.get_origin(kind) is tuple:
         return {"type": typing.get_args(kind)[0], "nargs": len(typing.get_args(kind)), **extra}
+    if typing.get_origin(kind) is list:
+        return {"type": typing.get_args(kind)[0], "nargs": "+", **extra}
     return {"type": kind, **extra}
 
 
