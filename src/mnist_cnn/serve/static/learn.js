@@ -198,6 +198,12 @@ const GUIDE = [
   ["What does softmax do?", "Click to see the logits of your drawing, e^z of each, their total and each share. "
     + "(The tutorial rounds its own example wrongly: softmax([2.0, 1.0, 0.5]) = [0.6285, 0.2312, 0.1402].)",
     () => explainUnit({ layer: "fc2", index: last ? last.best_guess ?? last.prediction ?? 0 : 0 })],
+  ["Which digit does it predict, and why 10 outputs?", "The predicted digit is the largest probability (argmax). "
+    + "fc2 has one output per class, so 10 outputs means 10 classes: the row for the winner is highlighted.",
+    () => explainUnit({ layer: "fc2", index: last ? last.best_guess ?? last.prediction ?? 0 : 0 })],
+  ["Do we choose the filters' numbers?", "No: we choose their size and count; the values are learned. Here is "
+    + "one learned 3×3 kernel at work. Teach a step below and its numbers change (in your copy only).",
+    () => explainUnit(strongest("conv1"))],
   ["What do ToTensor and Normalize do to a pixel?", "The patch under conv1's strongest unit: the 0–255 pixels "
     + "you drew, then (p/255 − 0.5)/0.5, the values in −1..1 the network actually sees.",
     () => explainUnit(strongest("conv1"))],
@@ -216,6 +222,9 @@ const GUIDE = [
     + "products listed.", () => explainUnit({ layer: "fc1", index: 0 })],
   ["What are a loss and a gradient?", "Teach it below: the cross-entropy loss on your drawing before and after "
     + "one step, the gradient on every input pixel and on fc2's weights.", () => { $("teach-panel").open = true; }],
+  ["Batches and optimizers?", "Training averages the loss over a batch (64 images in the tutorial) and the "
+    + "optimizer moves every weight against its gradient. Here the batch is your one drawing and the optimizer "
+    + "is plain SGD, so new w = old w − lr × grad can be read off.", () => { $("teach-panel").open = true; }],
   ["What does zero_grad() do?", "Untick zero_grad and teach twice: the gradients of both steps add up in .grad.",
     () => { $("teach-panel").open = true; $("teach-zero").checked = false; }],
   ["train() or eval()?", "Toggle train mode and teach: this network has no dropout or batch norm, so the "
