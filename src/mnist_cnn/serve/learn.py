@@ -29,10 +29,11 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from mnist_cnn.config import conv_layers
 from mnist_cnn.data import normalize
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.insight.arithmetic import UnitError, explain_unit
-from mnist_cnn.model import ModelConfig, Net, feature_sizes
+from mnist_cnn.model import ModelConfig, Net
 
 MAX_SHAPES_PARAMS = 20_000_000  # /api/shapes builds the network it describes: no bigger than this
 MAX_SESSIONS = 16  # private model copies held at once
@@ -197,9 +198,12 @@ async def teach_reset(request: Request, response: Response):
 
 
 @router.get("/api/shapes", summary="layer shapes and parameter counts of a network you configure")
-async def shapes(kernel_size: int = Query(3, ge=1, le=28), pool_kernel: int = Query(2, ge=1, le=28),
-                 pool_stride: int = Query(2, ge=1, le=28), c1: int = Query(32, ge=1, le=512),
-                 c2: int = Query(64, ge=1, le=512), fc_units: int = Query(128, ge=1, le=4096)):
+async def shapes(kernel_size: int = Query(ModelConfig.kernel_size, ge=1, le=28),
+                 pool_kernel: int = Query(ModelConfig.pool_kernel, ge=1, le=28),
+                 pool_stride: int = Query(ModelConfig.pool_stride, ge=1, le=28),
+                 c1: int = Query(ModelConfig.channels[0], ge=1, le=512),
+                 c2: int = Query(ModelConfig.channels[1], ge=1, le=512),
+                 fc_units: int = Query(ModelConfig.fc_units, ge=1, le=4096)):  # defaults: the tutorial's network
     from mnist_cnn.insight.explain import summary
 
     try:
@@ -207,7 +211,7 @@ async def shapes(kernel_size: int = Query(3, ge=1, le=28), pool_kernel: int = Qu
                           pool_stride=pool_stride, fc_units=fc_units)  # refuses a map that shrinks below 1x1
     except ConfigError as e:
         raise HTTPException(422, str(e)) from None
-    side = feature_sizes(cfg)[-1][1]
+    side = conv_layers(cfg)[-1].side_out
     fc1_params = (c2 * side * side + 1) * fc_units
     if fc1_params > MAX_SHAPES_PARAMS:
         raise HTTPException(422, f"fc1 alone would have {fc1_params:,} parameters ({c2}x{side}x{side} inputs x "
