@@ -207,9 +207,13 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
 def run_child(side, args) -> dict:
     cmd = [sys.executable, "-m", "mnist_cnn.perf.bench", side, args.data_dir, str(args.epochs), args.device,
            str(args.target), "1" if args.quick else "0"]
+    from mnist_cnn import GOMP_SPINCOUNT
+
     env = os.environ.copy()
     if side == "tutorial":  # the tutorial's script never sets it: libgomp's own default (mnist_cnn/__init__.py)
         env["GOMP_SPINCOUNT"] = "300000"
+    else:  # what `mnist-cnn train` runs with
+        env.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         from mnist_cnn.errors import MnistCnnError
