@@ -33,7 +33,6 @@ from mnist_cnn.data import MNIST, load_mnist, normalize
 from mnist_cnn.errors import CheckpointError, ConfigError, MnistCnnError
 from mnist_cnn.evaluate import evaluate
 from mnist_cnn.model import ModelConfig, Net
-from mnist_cnn.perf import fused
 
 
 @dataclass
@@ -437,8 +436,7 @@ def _train(cfg, state, data, device, world, log):
         where = f"{world.size} processes ({per_rank} per process), " if world.size > 1 else ""
         threads = ""
         if device.type == "cpu":
-            kernel = fused.describe(model.conv1, model.pool, cfg.model.image_size)
-            threads = f", {torch.get_num_threads()} threads, fused conv1 kernel {kernel}"
+            threads = f", {torch.get_num_threads()} threads, fused conv1 kernel {model.fused_reason or 'on'}"
         log(f"training on {device} ({str(dtype).removeprefix('torch.')}{threads}), {n:,} images, {where}"
             f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr:g} {cfg.schedule}, {cfg.epochs} epochs"
             + (f", recipe {cfg.recipe}" if cfg.recipe != "tutorial" else "")

@@ -108,7 +108,6 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
 
     from mnist_cnn.data import MNIST, load_mnist, normalize
     from mnist_cnn.evaluate import evaluate
-    from mnist_cnn.perf import fused
     from mnist_cnn.train import TrainConfig, pick_device, pick_dtype, train
 
     device = pick_device(device_name)
@@ -187,8 +186,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
     return {
         "side": side, "device": str(device), "precision": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "fused_conv1": None if side == "tutorial" or device.type != "cpu" else fused.describe(
-            model.conv1, model.pool, model.cfg.image_size),
+        "fused_conv1": None if side == "tutorial" or device.type != "cpu" else model.fused_reason or "on",
         "epochs": len(history), "seconds_per_epoch": seconds, "total_seconds": cum[-1], "cpu_seconds": cpu_seconds,
         "test_accuracy": [h["test_accuracy"] for h in history], "final_accuracy": history[-1]["test_accuracy"],
         "final_accuracy_fp32": fp32_acc, "seconds_to_target": hit,
