@@ -216,23 +216,9 @@ def _show_maps(ax, maps, title, cols, cmap="viridis", vmin=0.0, vmax=None, fig=N
     return im
 
 
-def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None) -> dict:
-    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers."""
-    acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
+def _top_row(top, acts: dict, sal: dict, pred: int):
+    """figure_explain's first row: the input, its saliency and integrated gradients, the logits, the softmax."""
     probs, logits = acts["probs"], acts["logits"]
-    pred = int(probs.argmax())
-    sal = saliency(model, x, pred)
-    c1, c2 = acts["conv1"].shape[0], acts["conv2"].shape[0]
-    cols1 = 8 if c1 % 8 == 0 or c1 > 8 else c1
-    cols2 = 8 if c2 <= 64 else 16
-
-    fig = new_figure(figsize=(17, 13.5), layout="constrained")
-    head = f"predicted {pred} with probability {float(probs[pred]):.3f}"
-    if label is not None:
-        head += f"   (true label {label}: {'correct' if label == pred else 'WRONG'})"
-    fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
-    top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
-
     ax = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
     ax[0].imshow(acts["input"][0], cmap="gray", vmin=-1, vmax=1)
     ax[0].set_title("input as the network sees it\n28x28, normalized to [-1, 1]", fontsize=10)
@@ -262,6 +248,26 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[4].set_title("softmax(logits): sums to 1, argmax = prediction", fontsize=10)
     ax[4].annotate(f"predicted {pred}\n{float(probs[pred]):.3f}", (pred, float(probs[pred])),
                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=9, weight="bold")
+
+
+def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None) -> dict:
+    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers."""
+    acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
+    probs, logits = acts["probs"], acts["logits"]
+    pred = int(probs.argmax())
+    sal = saliency(model, x, pred)
+    c1, c2 = acts["conv1"].shape[0], acts["conv2"].shape[0]
+    cols1 = 8 if c1 % 8 == 0 or c1 > 8 else c1
+    cols2 = 8 if c2 <= 64 else 16
+
+    fig = new_figure(figsize=(17, 13.5), layout="constrained")
+    head = f"predicted {pred} with probability {float(probs[pred]):.3f}"
+    if label is not None:
+        head += f"   (true label {label}: {'correct' if label == pred else 'WRONG'})"
+    fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
+    top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
+
+    _top_row(top, acts, sal, pred)
 
     shape = lambda t: "x".join(map(str, t.shape))  # noqa: E731
     ax = mid.subplots(1, 2)
