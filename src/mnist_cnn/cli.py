@@ -519,8 +519,12 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     import os
+
+    from mnist_cnn import GOMP_SPINCOUNT
+
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)  # process-level, so here and not on import: before torch
+    args = build_parser().parse_args(argv)
 
     speak = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports errors
     try:

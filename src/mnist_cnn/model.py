@@ -17,16 +17,24 @@ exactly the tutorial's (conv1.*, conv2.*, fc1.*, fc2.*), so the tutorial's own `
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from mnist_cnn.config import ModelConfig
-from mnist_cnn.perf import fused
+from mnist_cnn.errors import ConfigError
+from mnist_cnn.perf import fused as fused_c
 
 
 class Net(nn.Module):
-    def __init__(self, cfg: ModelConfig = ModelConfig()):
+    """The tutorial's CNN. `fused`: run conv1 + pool + ReLU as fused.c's one C loop on the CPU (perf/fused.py).
+    None (auto): where these layers allow it and a C compiler is here, unless MNIST_CNN_FUSED=0; False: never;
+    True: always on the CPU, or ConfigError. Decided once, here: `self.fused` says whether, `self.fused_reason`
+    why not (None when on). Per call the eager layers still run for a GPU input or one that needs a gradient."""
+
+    def __init__(self, cfg: ModelConfig = ModelConfig(), fused: bool | None = None):
         super().__init__()
         self.cfg = cfg
         c1, c2 = cfg.channels
@@ -34,6 +42,13 @@ class Net(nn.Module):
         self.conv2 = nn.Conv2d(c1, c2, cfg.kernel_size)
         self.pool = nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride)
         self.dropout = nn.Dropout(cfg.dropout)
+        if fused is False or (fused is None and os.environ.get("MNIST_CNN_FUSED") == "0"):
+            self.fused_reason = "off (fused=False)" if fused is False else "off (MNIST_CNN_FUSED=0)"
+        else:
+            self.fused_reason = fused_c.unsupported(self.conv1, self.pool, cfg.image_size)
+            if fused and self.fused_reason:
+                raise ConfigError(f"fused=True, but the fused conv1 kernel is {self.fused_reason}")
+        self.fused = self.fused_reason is None
         with torch.no_grad():  # the tutorial's trick: let a dummy image tell us the flatten size
             self.flat_features = self.features(torch.zeros(1, 1, cfg.image_size, cfg.image_size)).numel()
         self.fc1 = nn.Linear(self.flat_features, cfg.fc_units)
@@ -48,8 +63,8 @@ class Net(nn.Module):
         # backward at batch 64, bf16, 2 threads: 1.60 ms eager, 0.50 ms fused). A trace needs conv1's own output,
         # which the C loop never makes, so tracing runs the eager path.
         t = {} if trace is None else trace
-        if trace is None and fused.applies(x, self.conv1, self.pool):
-            x = fused.conv1_pool_relu(x, self.conv1)  # (B, 1, 28, 28) -> (B, C1, 13, 13)
+        if trace is None and self.fused and fused_c.fits(x, self.conv1, self.cfg.image_size):
+            x = fused_c.conv1_pool_relu(x, self.conv1)  # (B, 1, 28, 28) -> (B, C1, 13, 13)
         else:
             t["conv1"] = x = self.conv1(x)  # (B, C1, 26, 26), before its ReLU
             x = F.relu(self.pool(x))

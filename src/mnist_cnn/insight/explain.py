@@ -172,16 +172,17 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None, steps: int 
 
 
 # -----------------------------------------------------------------------------
-# figures (matplotlib, Agg: no display needed)
+# figures (matplotlib's object API drawn by Agg: no display needed, pyplot's backend and figure list untouched)
 
 
-def pyplot():
-    import matplotlib
+def new_figure(**kw):
+    """A matplotlib Figure (figsize=, layout=, ...) that savefig draws with Agg; nothing process-wide changes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def mosaic(maps: torch.Tensor, cols: int) -> torch.Tensor:
@@ -209,24 +210,9 @@ def _show_maps(ax, maps, title, cols, cmap="viridis", vmin=0.0, vmax=None, fig=N
     return im
 
 
-def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None) -> dict:
-    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers."""
-    plt = pyplot()
-    acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
+def _top_row(top, acts: dict, sal: dict, pred: int):
+    """figure_explain's first row: the input, its saliency and integrated gradients, the logits, the softmax."""
     probs, logits = acts["probs"], acts["logits"]
-    pred = int(probs.argmax())
-    sal = saliency(model, x, pred)
-    c1, c2 = acts["conv1"].shape[0], acts["conv2"].shape[0]
-    cols1 = 8 if c1 % 8 == 0 or c1 > 8 else c1
-    cols2 = 8 if c2 <= 64 else 16
-
-    fig = plt.figure(figsize=(17, 13.5), layout="constrained")
-    head = f"predicted {pred} with probability {float(probs[pred]):.3f}"
-    if label is not None:
-        head += f"   (true label {label}: {'correct' if label == pred else 'WRONG'})"
-    fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
-    top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
-
     ax = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
     ax[0].imshow(acts["input"][0], cmap="gray", vmin=-1, vmax=1)
     ax[0].set_title("input as the network sees it\n28x28, normalized to [-1, 1]", fontsize=10)
@@ -257,6 +243,26 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[4].annotate(f"predicted {pred}\n{float(probs[pred]):.3f}", (pred, float(probs[pred])),
                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=9, weight="bold")
 
+
+def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None) -> dict:
+    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers."""
+    acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
+    probs, logits = acts["probs"], acts["logits"]
+    pred = int(probs.argmax())
+    sal = saliency(model, x, pred)
+    c1, c2 = acts["conv1"].shape[0], acts["conv2"].shape[0]
+    cols1 = 8 if c1 % 8 == 0 or c1 > 8 else c1
+    cols2 = 8 if c2 <= 64 else 16
+
+    fig = new_figure(figsize=(17, 13.5), layout="constrained")
+    head = f"predicted {pred} with probability {float(probs[pred]):.3f}"
+    if label is not None:
+        head += f"   (true label {label}: {'correct' if label == pred else 'WRONG'})"
+    fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
+    top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
+
+    _top_row(top, acts, sal, pred)
+
     shape = lambda t: "x".join(map(str, t.shape))  # noqa: E731
     ax = mid.subplots(1, 2)
     _show_maps(ax[0], acts["conv1"], f"conv1 + ReLU: all {c1} feature maps ({shape(acts['conv1'])})\n"
@@ -278,18 +284,16 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[2].set_yticks(range(0, n // fc_cols, 4), [str(fc_cols * r) for r in range(0, n // fc_cols, 4)])
     bot.colorbar(im, ax=ax[2], fraction=0.08, pad=0.03)
     fig.savefig(out, dpi=80)
-    plt.close(fig)
     return {"prediction": pred, "probabilities": probs.tolist(), "logits": logits.tolist(), "label": label,
             "saliency_target": sal["target"], "ig_check": sal["ig_check"], "figure": str(out)}
 
 
 def figure_filters(model: Net, out: str) -> None:
     """The learned kernels: conv1 (C1 filters of 1 channel) and conv2 (C2 filters x C1 input channels)."""
-    plt = pyplot()
     w1 = model.conv1.weight.detach().cpu()[:, 0]  # (C1, K, K)
     w2 = model.conv2.weight.detach().cpu()  # (C2, C1, K, K)
     c2, c1, k, _ = w2.shape
-    fig = plt.figure(figsize=(16, 10), layout="constrained")
+    fig = new_figure(figsize=(16, 10), layout="constrained")
     fig.suptitle(f"Learned filters (the conv layers' learnable parameters), {k}x{k} kernels; "
                  "red positive, blue negative weights", fontsize=13)
     ax = fig.subplots(1, 2, width_ratios=[1, 1.3])
@@ -310,4 +314,3 @@ def figure_filters(model: Net, out: str) -> None:
     ax[1].set_yticks([(k + 1) * i + k / 2 for i in range(0, c2, 8)], range(0, c2, 8))
     fig.colorbar(im, ax=ax[1], fraction=0.035, pad=0.02)
     fig.savefig(out, dpi=80)
-    plt.close(fig)

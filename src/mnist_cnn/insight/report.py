@@ -17,7 +17,7 @@ import torch
 from mnist_cnn import evaluate as evaluation
 from mnist_cnn.data import MNIST
 from mnist_cnn.evaluate import logits_of
-from mnist_cnn.insight.explain import pyplot
+from mnist_cnn.insight.explain import new_figure
 
 
 def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
@@ -67,10 +67,10 @@ def format_text(r: dict, history: list) -> str:
 
 
 def figure_confusion(r: dict, out: Path, title: str) -> None:
-    plt = pyplot()
     cm = torch.tensor(r["confusion"])
     k = cm.shape[0]
-    fig, ax = plt.subplots(1, 2, figsize=(14, 6.5), width_ratios=[1.25, 1], layout="constrained")
+    fig = new_figure(figsize=(14, 6.5), layout="constrained")
+    ax = fig.subplots(1, 2, width_ratios=[1.25, 1])
     fig.suptitle(f"{title}: test accuracy {100 * r['accuracy']:.2f}% on {r['n']:,} digits "
                  f"({r['errors']} errors)", fontsize=13)
     off = cm.clone().fill_diagonal_(0)
@@ -106,15 +106,13 @@ def figure_confusion(r: dict, out: Path, title: str) -> None:
                                                              for p in worst),
                    transform=ax[1].transAxes, fontsize=9)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def figure_misclassified(r: dict, images: torch.Tensor, out: Path, n: int = 40, cols: int = 10) -> None:
-    plt = pyplot()
     wrong = r["misclassified"][:n]
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.8), squeeze=False,
-                             layout="constrained")
+    fig = new_figure(figsize=(1.45 * cols, 1.75 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     fig.suptitle(f"Misclassified test digits: the {len(wrong)} most confident of {r['errors']} mistakes\n"
                  "(true -> predicted, probability of the prediction; #test index)", fontsize=12)
     for ax in axes.flat:
@@ -126,13 +124,12 @@ def figure_misclassified(r: dict, images: torch.Tensor, out: Path, n: int = 40, 
     if not wrong:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=12)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def figure_curves(history: list, out: Path, title: str) -> None:
-    plt = pyplot()
     ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    fig = new_figure(figsize=(12, 4.5), layout="constrained")
+    ax = fig.subplots(1, 2)
     fig.suptitle(f"Training curves of {title} (from its checkpoint JSON)", fontsize=13)
     ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (mean over the epoch)")
     ax[0].plot(ep, [h["test_loss"] for h in history], "s-", label="test loss (after the epoch)")
@@ -152,7 +149,6 @@ def figure_curves(history: list, out: Path, title: str) -> None:
     for a in ax:
         a.set_xticks(ep)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def report(model, meta: dict, data: MNIST, out_dir: str | Path, title: str = "the model") -> dict:

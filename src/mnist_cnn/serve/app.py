@@ -318,6 +318,38 @@ PREDICT_BODY = {
 }
 
 
+async def digit_from_request(request: Request, activations: bool) -> tuple[np.ndarray, bool]:
+    """POST /api/predict's body, by its Content-Type (JSON pixels, multipart file, raw image), -> (the 28x28 digit,
+    whether activations were asked for); HTTPException 4xx for a client's mistake."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind == "application/json":
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
+            raise HTTPException(400, f"body is not valid JSON ({type(e).__name__})") from None
+        if not isinstance(body, dict) or "pixels" not in body:
+            raise HTTPException(422, 'JSON body must be an object {"pixels": [...]}')
+        activations = activations or flag(body.get("activations", False))
+        image = image_from_pixels(body["pixels"])
+    elif kind == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=4)
+        except HTTPException:
+            raise
+        except Exception as e:  # the multipart parser's own errors: a malformed body
+            raise HTTPException(400, f"malformed multipart body ({type(e).__name__})") from None
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, "multipart body needs an image file in the field 'file'")
+        activations = activations or flag(form.get("activations", False))
+        image = await run_in_threadpool(image_from_upload, await upload.read())
+    elif kind.startswith("image/"):
+        image = await run_in_threadpool(image_from_upload, await request.body())
+    else:
+        raise HTTPException(415, "send JSON {\"pixels\": ...}, multipart with an image in 'file', or image/*")
+    return image, activations
+
+
 def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | Path = "data"):
     """The FastAPI app (BodyLimit outermost but for Starlette's error middleware). Loads the checkpoint now,
     so a bad --model is a CheckpointError before the server starts."""
@@ -361,32 +393,7 @@ def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | P
                          413: {"description": "body over 2 MB"}, 415: {"description": "unsupported Content-Type"},
                          422: {"description": "pixels of the wrong shape, type or range"}})
     async def predict(request: Request, activations: bool = Query(False, description="also return feature maps")):
-        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if kind == "application/json":
-            try:
-                body = json.loads(await request.body())
-            except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, nesting too deep
-                raise HTTPException(400, f"body is not valid JSON ({type(e).__name__})") from None
-            if not isinstance(body, dict) or "pixels" not in body:
-                raise HTTPException(422, 'JSON body must be an object {"pixels": [...]}')
-            activations = activations or flag(body.get("activations", False))
-            image = image_from_pixels(body["pixels"])
-        elif kind == "multipart/form-data":
-            try:
-                form = await request.form(max_files=1, max_fields=4)
-            except HTTPException:
-                raise
-            except Exception as e:  # the multipart parser's own errors: a malformed body
-                raise HTTPException(400, f"malformed multipart body ({type(e).__name__})") from None
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(400, "multipart body needs an image file in the field 'file'")
-            activations = activations or flag(form.get("activations", False))
-            image = await run_in_threadpool(image_from_upload, await upload.read())
-        elif kind.startswith("image/"):
-            image = await run_in_threadpool(image_from_upload, await request.body())
-        else:
-            raise HTTPException(415, "send JSON {\"pixels\": ...}, multipart with an image in 'file', or image/*")
+        image, activations = await digit_from_request(request, activations)
         return JSONResponse(await engine.predict(image, activations))
 
     learn.install(api)  # /api/explain, /api/teach, /api/shapes: the page's learning views (learn.py)
