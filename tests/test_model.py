@@ -2,15 +2,16 @@ import pytest
 import torch
 
 from mnist_cnn import checkpoint
+from mnist_cnn.config import conv_layers
 from mnist_cnn.errors import CheckpointError, ConfigError
-from mnist_cnn.model import ModelConfig, Net, count_params, feature_sizes
+from mnist_cnn.model import ModelConfig, Net, count_params
 from mnist_cnn.perf import reference
 
 
 def test_seed_network_shapes_and_params():
     net = Net()
     assert net.flat_features == 1600  # 64 * 5 * 5, found by a dummy forward pass
-    assert [s for _, s in feature_sizes(ModelConfig())] == [26, 13, 11, 5]
+    assert [layer.side_out for layer in conv_layers(ModelConfig())] == [26, 13, 11, 5]
     assert count_params(net) == 225_034
     assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     assert sorted(net.state_dict()) == sorted(reference.Net().state_dict())
@@ -24,9 +25,9 @@ def test_seed_network_shapes_and_params():
     (dict(channels=(8, 16), fc_units=32, dropout=0.5), [26, 13, 11, 5], 16 * 5 * 5),
 ])
 def test_configs_agree_with_formula(kw, sides, flat):
-    """The formula (feature_sizes) and the dummy forward pass (flat_features) against sizes worked out by hand."""
+    """The formula (conv_layers) and the dummy forward pass (flat_features) against sizes worked out by hand."""
     cfg = ModelConfig(**kw)
-    assert [s for _, s in feature_sizes(cfg)] == sides
+    assert [layer.side_out for layer in conv_layers(cfg)] == sides
     net = Net(cfg)
     assert net.flat_features == flat
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -31,99 +31,11 @@ import torch.nn.functional as F
 from mnist_cnn import distributed, resume
 from mnist_cnn.augment import augment as random_distortion
 from mnist_cnn.augment import printed_digits
+from mnist_cnn.config import AUGMENT, RECIPES, TrainConfig, apply_recipe  # noqa: F401  (importers)
 from mnist_cnn.data import MNIST, load_mnist, normalize
 from mnist_cnn.errors import CheckpointError, ConfigError, MnistCnnError
 from mnist_cnn.evaluate import evaluate
 from mnist_cnn.model import ModelConfig, Net
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"  # adam | sgd (sgd uses momentum 0.9)
-    seed: int | None = None
-    device: str = "auto"  # auto | cpu | cuda | mps
-    precision: str = "auto"  # auto | fp32 | bf16
-    data_dir: str = "data"
-    out: str = "mnist_cnn_model.pth"
-    quiet: bool = False
-    augment: bool = False  # random affine + stroke weight per image, per batch on the device (augment.py)
-    train_subset: int | None = None  # train on the first N training images only (small budgets, tests)
-    deterministic: bool = False  # bit-identical weights for a seed on CPU (implies --seed 0 if none)
-    resume: bool = False  # continue the run whose state is beside `out` (resume.py)
-    save: bool = False  # write out, out.json and the resume state after every epoch (the CLI sets it)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    # speed and time-to-accuracy (see RECIPES and README: Performance)
-    recipe: str = "tutorial"  # tutorial | fast: a named set of the fields below and above
-    schedule: str = "constant"  # constant | onecycle (per step: warm up, then cosine down to ~0)
-    label_smoothing: float = 0.0
-    target_accuracy: float | None = None  # percent; stop as soon as the test accuracy reaches it
-    eval_every: int = 0  # with a target: also check the test set every this many steps (second half of the run)
-    threads: int = 0  # CPU threads; 0 = auto (the cores, or fewer when the machine is already busy)
-    compile: bool = False  # torch.compile the model (pays on CUDA for long runs; slower on this CPU)
-
-    def __post_init__(self):
-        if self.recipe == "seed":  # its name before 0.2: checkpoints and resume states written then still say so
-            self.recipe = "tutorial"
-
-    def validate(self):
-        if self.epochs < 1:
-            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"--optimizer must be adam or sgd, got {self.optimizer}")
-        if self.train_subset is not None and self.train_subset < 1:
-            raise ConfigError(f"--train-subset must be at least 1, got {self.train_subset}")
-        if self.recipe not in RECIPES:
-            raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe}")
-        if self.schedule not in ("constant", "onecycle"):
-            raise ConfigError(f"--schedule must be constant or onecycle, got {self.schedule}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 100.0:
-            raise ConfigError(f"--target-accuracy is a percentage in (0, 100], got {self.target_accuracy}")
-        if self.eval_every < 0 or self.threads < 0:
-            raise ConfigError("--eval-every and --threads must not be negative")
-
-
-# -----------------------------------------------------------------------------
-# recipes: named settings. "tutorial" is the tutorial's recipe; "fast" reaches 99.0% test accuracy soonest on CPU.
-# A recipe sets a field only where the config still holds the default, so explicit flags win
-# (except a flag set to exactly the default value, which is indistinguishable from no flag).
-
-RECIPES = {
-    "tutorial": {},
-    # The tutorial's network unchanged: one epoch at the tutorial's batch 64, Adam with a one-cycle schedule peaking
-    # at 6e-3, label smoothing 0.1; the test set is checked every 150 steps in the second half (steps 600,
-    # 750, 900 of 938, ~0.3 s each), and training stops at 99.0%. Measured on this 2-core EPYC, one epoch,
-    # test accuracy after it (bf16 eval), by seed: lr 6e-3 99.30 99.17 99.23; 8e-3 99.29 99.20; 1e-2 99.32;
-    # 5e-3 99.20 99.17; 4e-3 99.17 99.10 99.23 99.16; 3e-3 99.07 99.09 99.12 99.15; 3e-3 with smoothing 0.2
-    # 99.07 99.08; batch 128 lr 3e-3 98.96 98.96; batch 128 lr 2e-3 98.84, without smoothing 98.45; batch
-    # 256 lr 4e-3 98.80. Batch 64 also trains fastest per image on this CPU.
-    "fast": dict(epochs=1, batch_size=64, lr=6e-3, schedule="onecycle", label_smoothing=0.1,
-                 target_accuracy=99.0, eval_every=150),
-}
-
-
-# --augment with the tutorial recipe also decays the learning rate. Distorted digits keep the loss noisy, and at the
-# tutorial's constant 1e-3 the final test accuracy wanders with the seed; a one-cycle schedule settles it. Measured
-# with `python mnist_classifier.py --augment`, 5 epochs, seeds 1 and 2, this 2-core EPYC: final MNIST test
-# accuracy 99.01% 98.76% constant 1e-3 -> 99.34% 99.30% one-cycle peaking at 2e-3, and 630 DejaVu + 480
-# Liberation printed digits (tests/fontdigits.py) 99.36-100% -> 100% 100%.
-AUGMENT = dict(schedule="onecycle", lr=2e-3)
-
-
-def apply_recipe(cfg: TrainConfig) -> TrainConfig:
-    default = TrainConfig()
-    settings = {**(AUGMENT if cfg.augment and cfg.recipe == "tutorial" else {}), **RECIPES[cfg.recipe]}
-    changes = {k: v for k, v in settings.items() if getattr(cfg, k) == getattr(default, k)}
-    return replace(cfg, **changes)
-
 
 # -----------------------------------------------------------------------------
 # device and precision
@@ -506,13 +418,14 @@ RESUME_KEEPS = {"out", "data_dir", "device", "quiet", "resume", "save"}  # the o
 
 
 def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
-    """The run's own settings from its state file; a flag given now that contradicts them is refused."""
-    saved, defaults, changes = state["train_args"], TrainConfig(), {}
+    """The run's own settings from its state file; a flag given now that contradicts them is refused. The
+    restored settings count as given, so the recipe does not overwrite them again."""
+    saved, given, changes = state["train_args"], cfg.given_fields(), {}
     for f in fields(TrainConfig):
-        if f.name == "model" or f.name in RESUME_KEEPS or f.name not in saved:
+        if f.name in ("model", "given") or f.name in RESUME_KEEPS or f.name not in saved:
             continue
         mine = getattr(cfg, f.name)
-        if mine != getattr(defaults, f.name) and mine != saved[f.name]:
+        if f.name in given and mine != saved[f.name]:
             raise ConfigError(f"--{f.name.replace('_', '-')} {mine} differs from the run being resumed "
                               f"({saved[f.name]}); drop the flag, or start a new run without --resume")
         changes[f.name] = saved[f.name]
@@ -520,9 +433,10 @@ def resumed_config(cfg: TrainConfig, state: dict) -> TrainConfig:
         model_cfg = ModelConfig.from_dict(state["model_config"])
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{resume.state_path(cfg.out)}: invalid model description ({e})") from None
-    if cfg.model != ModelConfig() and cfg.model != model_cfg:
+    if any(getattr(cfg.model, f.name) != getattr(model_cfg, f.name) for f in fields(ModelConfig)
+           if f"model.{f.name}" in given):
         raise ConfigError(f"the model flags differ from the run being resumed ({model_cfg.to_dict()}); drop them")
-    return replace(cfg, **changes, model=model_cfg)
+    return replace(cfg, **changes, model=model_cfg, given=frozenset(given | changes.keys()))
 
 
 def resume_command(cfg: TrainConfig, world: distributed.World) -> str:
@@ -677,4 +591,5 @@ def start_line(run: Run, progress: Progress, resuming: bool) -> str:
 def train_args(cfg: TrainConfig) -> dict:
     d = asdict(cfg)
     d.pop("model")
+    d.pop("given")  # how the settings were chosen, not what they are
     return d

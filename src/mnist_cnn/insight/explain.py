@@ -18,8 +18,8 @@ only compare). RF is the receptive field: how many input pixels (per side) one o
 pool2 the floor drops the last conv2 row and column, so the fully connected layers see input rows 0..25 only:
 the bottom two rows and right two columns of every digit are never looked at (MNIST keeps them blank anyway).
 
-`activations(model, x)` runs the trained model's submodules one by one and keeps every intermediate tensor,
-the raw material of the `explain` figure and of the web page's layer view.
+`activations(model, x)` runs the model's own forward pass with a trace (Net.forward(x, trace)) and keeps every
+intermediate tensor, the raw material of the `explain` figure and of the web page's layer view.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn.model import ModelConfig, Net, conv_out
+from mnist_cnn.config import conv_layers, conv_out
+from mnist_cnn.model import ModelConfig, Net
 
 # -----------------------------------------------------------------------------
 # activations: one forward pass, every intermediate kept
@@ -36,24 +37,25 @@ from mnist_cnn.model import ModelConfig, Net, conv_out
 def activations(model: Net, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """x: normalized (B, 1, 28, 28) -> {name: tensor} in forward order (input .. logits, probs), on x's device.
 
-    The model is put in eval mode (dropout off) and nothing is tracked for autograd.
+    The model is put in eval mode (dropout off) and nothing is tracked for autograd. conv1 and conv2 are shown
+    after their ReLU (Net pools first and applies ReLU after; the two orders give the same pool1 and pool2).
     """
     if x.dim() == 3:  # (1, 28, 28): one image, as preprocess() returns it
         x = x.unsqueeze(0)
     model.eval()
     device = next(model.parameters()).device
-    out = {}
+    trace = {}
     with torch.inference_mode():
         x = x.to(device, torch.float32)
-        out["input"] = x  # (B, 1, 28, 28)
-        out["conv1"] = F.relu(model.conv1(x))  # (B, C1, 26, 26)
-        out["pool1"] = model.pool(out["conv1"])  # (B, C1, 13, 13)
-        out["conv2"] = F.relu(model.conv2(out["pool1"]))  # (B, C2, 11, 11)
-        out["pool2"] = model.pool(out["conv2"])  # (B, C2, 5, 5)
-        out["fc1"] = F.relu(model.fc1(torch.flatten(out["pool2"], 1)))  # (B, 128)
-        out["logits"] = model.fc2(out["fc1"])  # (B, 10)
-        out["probs"] = F.softmax(out["logits"], dim=1)  # (B, 10), rows sum to 1
-    return out
+        logits = model(x, trace)  # trace: conv1, pool1, conv2, pool2, fc1, logits
+        return {"input": x,  # (B, 1, 28, 28)
+                "conv1": F.relu(trace["conv1"]),  # (B, C1, 26, 26)
+                "pool1": trace["pool1"],  # (B, C1, 13, 13)
+                "conv2": F.relu(trace["conv2"]),  # (B, C2, 11, 11)
+                "pool2": trace["pool2"],  # (B, C2, 5, 5)
+                "fc1": trace["fc1"],  # (B, 128)
+                "logits": logits,  # (B, 10)
+                "probs": F.softmax(logits, dim=1)}  # (B, 10), rows sum to 1
 
 
 # -----------------------------------------------------------------------------
@@ -76,27 +78,19 @@ def summary(cfg: ModelConfig = ModelConfig()) -> dict:
     ModelConfig itself refuses (ConfigError) a config whose feature map would shrink below 1x1, so any cfg
     that reaches here gives a valid network.
     """
-    c1, c2 = cfg.channels
-    k, pk, ps, side = cfg.kernel_size, cfg.pool_kernel, cfg.pool_stride, cfg.image_size
+    side = cfg.image_size
     layers = [{"name": "input", "type": "image", "output_shape": [1, side, side], "formula": "",
                "params": 0, "macs": 0, "receptive_field": 1}]
     rf, jump = 1, 1  # receptive field and distance in input pixels between neighbouring outputs
-
-    def spatial(name, kind, c_in, c_out, kernel, stride, pool):
-        nonlocal side, rf, jump
-        new = conv_out(side, kernel, stride)
-        rf, jump = rf + (kernel - 1) * jump, jump * stride
-        params = 0 if pool else c_out * c_in * kernel * kernel + c_out
-        macs = 0 if pool else c_out * new * new * c_in * kernel * kernel
-        layers.append({"name": name, "type": kind, "output_shape": [c_out, new, new],
-                       "formula": _size_formula(side, kernel, stride, 0, pool),
-                       "params": params, "macs": macs, "receptive_field": rf})
-        side = new
-
-    spatial("conv1", f"Conv2d({1}, {c1}, {k}) + ReLU", 1, c1, k, 1, False)
-    spatial("pool1", f"MaxPool2d({pk}, {ps})", c1, c1, pk, ps, True)
-    spatial("conv2", f"Conv2d({c1}, {c2}, {k}) + ReLU", c1, c2, k, 1, False)
-    spatial("pool2", f"MaxPool2d({pk}, {ps})", c2, c2, pk, ps, True)
+    for layer in conv_layers(cfg):  # conv1, pool1, conv2, pool2
+        k, c_in, c_out, side = layer.kernel, layer.c_in, layer.c_out, layer.side_out
+        rf, jump = rf + (k - 1) * jump, jump * layer.stride
+        params = 0 if layer.pool else c_out * c_in * k * k + c_out
+        kind = f"MaxPool2d({k}, {layer.stride})" if layer.pool else f"Conv2d({c_in}, {c_out}, {k}) + ReLU"
+        layers.append({"name": layer.name, "type": kind, "output_shape": [c_out, side, side],
+                       "formula": _size_formula(layer.side_in, k, layer.stride, 0, layer.pool), "params": params,
+                       "macs": 0 if layer.pool else c_out * side * side * c_in * k * k, "receptive_field": rf})
+    c2 = cfg.channels[1]
     # the input pixels any fully connected unit can see: the span covered by the last feature map
     seen = min(cfg.image_size, (side - 1) * jump + rf)
     flat = c2 * side * side

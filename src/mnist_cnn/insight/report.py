@@ -14,18 +14,20 @@ from pathlib import Path
 
 import torch
 
+from mnist_cnn import evaluate as evaluation
 from mnist_cnn.data import MNIST
-from mnist_cnn.evaluate import confusion_matrix, logits_of
+from mnist_cnn.evaluate import logits_of
 from mnist_cnn.insight.explain import new_figure
 
 
 def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
-    """Predictions on the test set -> accuracy, per-class accuracy, confusion, confused pairs, mistakes."""
+    """evaluate.analyse on the test set, plus the most confused pairs and the mistakes, most confident first."""
     logits = logits_of(model, data.test_images)  # (N, 10)
+    r = evaluation.analyse(logits, data.test_labels)
     probs = torch.softmax(logits, 1)
     labels = data.test_labels.to(logits.device)
     conf, preds = probs.max(1)
-    cm = confusion_matrix(labels, preds, logits.shape[1]).cpu()
+    cm = torch.tensor(r["confusion"])
     off = cm.clone().fill_diagonal_(0)
     order = off.flatten().argsort(descending=True)[:top_pairs]
     pairs = [{"true": int(i) // cm.shape[0], "predicted": int(i) % cm.shape[0], "count": int(off.flatten()[i])}
@@ -33,11 +35,8 @@ def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
     wrong = (preds != labels).nonzero().flatten()
     wrong = wrong[conf[wrong].argsort(descending=True)]  # most confident mistakes first
     return {
-        "n": int(labels.numel()),
-        "accuracy": (preds == labels).float().mean().item(),
+        **r,
         "errors": int(wrong.numel()),
-        "per_class_accuracy": (cm.diag() / cm.sum(1).clamp(min=1)).tolist(),
-        "confusion": cm.tolist(),
         "most_confused": pairs,
         "misclassified": [{"index": int(i), "true": int(labels[i]), "predicted": int(preds[i]),
                            "probability": float(conf[i]), "p_true": float(probs[i, labels[i]])} for i in wrong],

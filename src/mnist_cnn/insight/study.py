@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from mnist_cnn.config import STUDY_GROUPS
 from mnist_cnn.data import MNIST
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.insight.explain import new_figure, summary
@@ -72,7 +73,7 @@ def variants() -> list[Variant]:
     ]
 
 
-GROUPS = ("kernel", "pooling", "fc1", "channels", "optimizer")
+GROUPS = STUDY_GROUPS  # their names live in config.py, where the CLI reads them without loading torch
 
 
 def subset(data: MNIST, n_train: int | None, n_test: int | None) -> MNIST:

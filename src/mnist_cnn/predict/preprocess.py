@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from mnist_cnn.data import MEAN, STD
+from mnist_cnn.data import normalize
 from mnist_cnn.errors import MnistCnnError
 
 # A decompression bomb (a small file that decodes to gigapixels) must not take the machine down. 40 Mpx is
@@ -358,8 +358,8 @@ def to_mnist(image: Image.Image) -> np.ndarray:
 
 
 def normalize_image(image28: np.ndarray) -> torch.Tensor:
-    """uint8 (28, 28) -> float32 (1, 28, 28), exactly as training: ToTensor then Normalize((0.5,), (0.5,))."""
-    return torch.from_numpy(image28.astype(np.float32)).div_(255.0).sub_(MEAN).div_(STD).unsqueeze(0)
+    """uint8 (28, 28) -> float32 (1, 28, 28), exactly as training (data.normalize)."""
+    return normalize(torch.from_numpy(image28))
 
 
 def preprocess(source) -> torch.Tensor:
