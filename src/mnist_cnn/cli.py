@@ -85,7 +85,7 @@ def add_reliability_flags(p):
 
 def add_speed_flags(p):
     """Recipes and time-to-accuracy (mnist_cnn.train.RECIPES); defaults are the tutorial's recipe."""
-    g = p.add_argument_group("speed (see README: Performance)")
+    g = p.add_argument_group("speed (see docs/performance.md)")
     g.add_argument("--recipe", choices=["tutorial", "fast"], default="tutorial",
                    help="tutorial: the tutorial's recipe (default); fast: reach 99.0%% test accuracy soonest "
                         "(1 epoch, batch 64, one-cycle Adam 6e-3, label smoothing 0.1, stop at 99.0%%)")
@@ -431,6 +431,8 @@ def add_bench(sub):
     p.add_argument("--quick", action="store_true",
                    help="tiny budget (20 batches per epoch, 1,280 test images): checks the plumbing, not speed")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--results", metavar="PATH", help="also write the raw figures, with machine, date, versions and "
+                   "command, as JSON to PATH (a folder: a file named by date and machine; see bench/results/)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -446,6 +448,12 @@ def cmd_bench(args):
     pick_device(args.device)  # a missing CUDA/MPS is a one-line error here, not in a child
     res = bench(args, log=(lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr)))
     print_json(res) if args.json else print(format_table(res))
+    if args.results:
+        from mnist_cnn.perf.results import write_results
+
+        path = write_results(args.results, "bench", res, n=args.repeats,
+                             n_is="runs of each side (every figure is their median)")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 # -----------------------------------------------------------------------------

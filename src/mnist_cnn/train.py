@@ -9,7 +9,7 @@ The engine differs from the tutorial's DataLoader pipeline in how data moves, no
 
 Measured on this 2-core AMD EPYC (avx512_bf16), torch 2.14.1, batch 64, n=1 run each, 200 steps:
 fp32 4,100 img/s; bf16 + channels_last 7,990 img/s (7.5 s/epoch); a whole step with fused Adam and fused.c,
-best of 12 x 60, 4.93 ms (13,000 img/s). See README for whole-run figures.
+best of 12 x 60, 4.93 ms (13,000 img/s). See docs/performance.md for whole runs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class TrainConfig:
     resume: bool = False  # continue the run whose state is beside `out` (resume.py)
     save: bool = False  # write out, out.json and the resume state after every epoch (the CLI sets it)
     model: ModelConfig = field(default_factory=ModelConfig)
-    # speed and time-to-accuracy (see RECIPES and README: Performance)
+    # speed and time-to-accuracy (see RECIPES and docs/performance.md)
     recipe: str = "tutorial"  # tutorial | fast: a named set of the fields below and above
     schedule: str = "constant"  # constant | onecycle (per step: warm up, then cosine down to ~0)
     label_smoothing: float = 0.0
@@ -110,7 +110,7 @@ RECIPES = {
 
 
 # --augment with the tutorial recipe also decays the learning rate. Distorted digits keep the loss noisy, and at the
-# tutorial's constant 1e-3 the final test accuracy wanders with the seed; a one-cycle schedule settles it. Measured
+# tutorial's constant 1e-3 the final test accuracy wanders from seed to seed; a one-cycle schedule settles it. Measured
 # with `python mnist_classifier.py --augment`, 5 epochs, seeds 1 and 2, this 2-core EPYC: final MNIST test
 # accuracy 99.01% 98.76% constant 1e-3 -> 99.34% 99.30% one-cycle peaking at 2e-3, and 630 DejaVu + 480
 # Liberation printed digits (tests/fontdigits.py) 99.36-100% -> 100% 100%.
