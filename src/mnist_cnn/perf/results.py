@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 
 SCHEMA = 1  # bump when the wrapper's keys change
+# environment variables that change speed or what runs; recorded when set
+SPEED_ENV = ("OMP_NUM_THREADS", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "MNIST_CNN_FUSED", "CUDA_VISIBLE_DEVICES")
 
 
 def cpu_model() -> str:
@@ -41,7 +43,7 @@ def machine() -> dict:
         load = None
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "load_average_1min_at_write": load}
+            "load_average_1min_at_write": load, "env": {k: os.environ[k] for k in SPEED_ENV if k in os.environ}}
 
 
 def versions() -> dict:
