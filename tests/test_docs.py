@@ -68,6 +68,33 @@ def test_every_relative_link_resolves(page):
     assert not broken, f"{rel(page)}:\n" + "\n".join(broken)
 
 
+REPO_PATH = re.compile(r"`((?:src|tests|bench|docs)/[^`\s:]*)")  # `src/mnist_cnn/perf/fused.c`, `tests/x.py::test`
+MODULE = re.compile(r"\bmnist_cnn(?:\.\w+)+")  # mnist_cnn.predict.preprocess, mnist_cnn.data.normalize
+
+
+def module_exists(dotted: str) -> bool:
+    """mnist_cnn.a.b is src/mnist_cnn/a/b.py or a package; mnist_cnn.a.name is a name defined in a.py."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        base = ROOT / "src" / Path(*parts[:cut])
+        source = base.with_suffix(".py") if base.with_suffix(".py").exists() else base / "__init__.py"
+        if source.exists():
+            rest = parts[cut:]
+            return not rest or (len(rest) == 1 and re.search(
+                rf"^(?:def|class)\s+{rest[0]}\b|^{rest[0]}\s*[:=]|\bimport\b.*\b{rest[0]}\b",
+                source.read_text(), re.MULTILINE) is not None)
+    return False
+
+
+def test_named_paths_and_modules_exist():
+    missing = []
+    for page in (p for p in PAGES if p.name != "CHANGELOG.md"):  # the changelog names old modules on purpose
+        text = page.read_text()
+        missing += [f"{rel(page)}: {p}" for p in REPO_PATH.findall(text) if not (ROOT / p).exists()]
+        missing += [f"{rel(page)}: {m}" for m in set(MODULE.findall(text)) if not module_exists(m)]
+    assert not missing, "paths or modules the docs name that are not in the tree:\n" + "\n".join(sorted(missing))
+
+
 def test_the_link_checker_sees_links_and_headings(tmp_path):
     # the checks above would pass vacuously if the patterns matched nothing
     page = tmp_path / "p.md"
@@ -76,3 +103,5 @@ def test_the_link_checker_sees_links_and_headings(tmp_path):
     assert links(page) == ["p.md#a-b-1", "img.png"]
     assert anchors(page) == {"training-for-robustness---augment", "a-b", "a-b-1"}
     assert THE_SEED.search("The seed's Q&A") and not THE_SEED.search("--seed 0, seeds 1 and 2")
+    assert module_exists("mnist_cnn.predict.preprocess") and module_exists("mnist_cnn.data.normalize")
+    assert not module_exists("mnist_cnn.web.load") and not module_exists("mnist_cnn.data.no_such_name")
