@@ -103,5 +103,6 @@ def test_the_link_checker_sees_links_and_headings(tmp_path):
     assert links(page) == ["p.md#a-b-1", "img.png"]
     assert anchors(page) == {"training-for-robustness---augment", "a-b", "a-b-1"}
     assert THE_SEED.search("The seed's Q&A") and not THE_SEED.search("--seed 0, seeds 1 and 2")
+    assert REPO_PATH.findall("`tests/x.py::test_y` and `src/a/b.c`, not `app.py`") == ["tests/x.py", "src/a/b.c"]
     assert module_exists("mnist_cnn.predict.preprocess") and module_exists("mnist_cnn.data.normalize")
     assert not module_exists("mnist_cnn.web.load") and not module_exists("mnist_cnn.data.no_such_name")
