@@ -9,7 +9,7 @@ The engine differs from the tutorial's DataLoader pipeline in how data moves, no
 
 Measured on this 2-core AMD EPYC (avx512_bf16), torch 2.14.1, batch 64, n=1 run each, 200 steps:
 fp32 4,100 img/s; bf16 + channels_last 7,990 img/s (7.5 s/epoch); a whole step with fused Adam and fused.c,
-best of 12 x 60, 4.93 ms (13,000 img/s). See README for whole-run figures.
+best of 12 x 60, 4.93 ms (13,000 img/s). See docs/performance.md for whole runs.
 """
 
 from __future__ import annotations
