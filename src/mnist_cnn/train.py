@@ -304,6 +304,7 @@ def train(cfg: TrainConfig, data: MNIST | None = None, log=print) -> tuple[Net, 
     the resume state after every epoch (resume.py); with cfg.resume it continues the run saved beside cfg.out.
     """
     cfg.validate()
+    cfg = resume.after_restart(cfg)  # torchrun restarted the workers after a failure: continue the saved run
     state = None
     if cfg.resume:
         state = resume.load_state(resume.state_path(cfg.out))
@@ -324,7 +325,7 @@ def train(cfg: TrainConfig, data: MNIST | None = None, log=print) -> tuple[Net, 
         return _train(cfg, state, data, device, world, log if world.main else (lambda *a, **k: None))
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
-        distributed.teardown()
+        distributed.teardown(clean=sys.exc_info()[0] is None)  # after an error a peer may be gone: no barrier
 
 
 def _train(cfg, state, data, device, world, log):
@@ -398,9 +399,7 @@ def _train(cfg, state, data, device, world, log):
     if state is not None and scheduler is not None and isinstance(state.get("scheduler"), dict):
         scheduler.load_state_dict(state["scheduler"])
     trained = torch.compile(model) if cfg.compile else model  # same parameters; model stays the plain Net
-    if world.size > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            trained, device_ids=[device.index] if device.type == "cuda" else None)
+    trained = distributed.wrap(trained, opt, device)  # under torchrun: DistributedDataParallel
 
     def criterion(logits, y):  # (B, 10), (B,) -> mean loss; label smoothing 0 is the tutorial's plain cross-entropy
         return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -408,8 +407,8 @@ def _train(cfg, state, data, device, world, log):
     target = None if cfg.target_accuracy is None else cfg.target_accuracy / 100
 
     def save(epoch_done: int, step: int, gen_state: torch.Tensor, partial: dict):
-        rngs = distributed.gather_objects(torch.get_rng_state(), world)  # collective: every rank takes part
-        augment_rngs = distributed.gather_objects(augment_generator.get_state(), world) if cfg.augment else []
+        rngs = distributed.gather_states(torch.get_rng_state(), world, device)  # collective: every rank takes part
+        augment_rngs = distributed.gather_states(augment_generator.get_state(), world, device) if cfg.augment else []
         if not (cfg.save and world.main):
             return
         if step == 0:  # a finished epoch: the plain checkpoint too
