@@ -111,7 +111,12 @@ def setup(device: torch.device) -> World:
 
     if backend == "gloo" and os.environ.get("MASTER_ADDR", "").startswith(LOOPBACK) and has_interface("lo"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # a loopback rendezvous: gloo stays on loopback too
-    dist.init_process_group(backend, timeout=timeout())
+    # torchrun's store outlives a restart of the workers: keys of the group of an earlier attempt (a dead rank's
+    # address) must not be read by this one, so each attempt keeps its keys under its own prefix
+    store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"mnist-cnn/attempt-{attempt}", store), rank=rank,
+                            world_size=size, timeout=timeout())
     return world
 
 
