@@ -119,7 +119,7 @@ def test_dead_worker_is_replaced_and_training_continues(one_node, tmp_path, mnis
     proc = torchrun(launch, tmp_path / "m.pth", tmp_path, mnist_dir, env={"MNIST_CNN_TEST_KILL_AT": "1:5"})
     rc, out, err = finish(proc)
     assert rc == 0, err[-3000:]
-    assert "Signals.SIGKILL" in err or "SIGKILL" in err, err[-3000:]  # the agent saw the worker die
+    assert "exitcode: -9" in err, err[-3000:]  # the agent saw the worker die of SIGKILL
     state = resume.load_state(resume.state_path(tmp_path / "m.pth"))
     assert state["epoch"] == 2 and [h["epoch"] for h in state["history"]] == [1, 2]
     lines = (tmp_path / "rank0.txt").read_text().splitlines()
