@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mnist_cnn import checkpoint
-from mnist_cnn.data import MEAN, STD
+from mnist_cnn.data import denormalize
 from mnist_cnn.predict.preprocess import load_image, normalize_image, to_mnist
 
 
@@ -45,7 +45,7 @@ def prepare(x) -> tuple[torch.Tensor, np.ndarray]:
     """Anything predict accepts -> (normalized float32 (1, 28, 28), uint8 (28, 28) image)."""
     if _is_normalized_tensor(x):
         t = x.detach().float().cpu().reshape(1, 28, 28)
-        image28 = ((t[0] * STD + MEAN) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        image28 = denormalize(t[0]).numpy()
         return t, image28
     image28 = to_mnist(load_image(x))
     return normalize_image(image28), image28
