@@ -89,6 +89,29 @@ def step_ms(batches: list[int]) -> dict:
     return {"dtype": str(dtype), "threads": torch.get_num_threads(), "step_ms_median": out}
 
 
+GRAD_BYTES = 225_034 * 4  # the tutorial net's gradients, fp32
+HOP_LATENCY_S = 30e-6  # an assumption: one TCP message between machines on a LAN (gloo); NCCL/RDMA is ~5 us
+
+
+def model(step_ms_by_batch: dict, nodes=(1, 2, 4, 8, 16, 64), gbits=(10, 100)) -> list[dict]:
+    """Predicted images/s of N nodes at a global batch B: B / (compute(B / N) + ring all-reduce(N)), where compute
+    is a straight line fitted to the measured one-process step times and the ring all-reduce moves
+    2 (N - 1) / N * GRAD_BYTES per node in 2 (N - 1) messages."""
+    xs, ys = zip(*sorted((int(b), ms / 1000) for b, ms in step_ms_by_batch.items()), strict=True)
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / max(sum((x - mx) ** 2 for x in xs), 1e-12)
+    intercept = my - slope * mx
+    rows = []
+    for batch in xs:
+        for n in nodes:
+            compute = intercept + slope * batch / n
+            for g in gbits:
+                comm = 0.0 if n == 1 else 2 * (n - 1) / n * GRAD_BYTES / (g * 1e9 / 8) + 2 * (n - 1) * HOP_LATENCY_S
+                rows.append({"batch": batch, "nodes": n, "gbit_s": g, "compute_ms": 1000 * compute,
+                             "allreduce_ms": 1000 * comm, "images_per_s": batch / (compute + comm)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
@@ -116,7 +139,8 @@ def main() -> None:
     summary = {str(n): {"images_per_s_median": statistics.median(r["images_per_s"] for r in runs if r["procs"] == n),
                         "n": sum(r["procs"] == n for r in runs)} for n in (1, 2)}
     result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_count": os.cpu_count(),
-              "nice": os.nice(0), "runs": runs, "summary": summary, "allreduce": allreduce, "step": steps}
+              "nice": os.nice(0), "runs": runs, "summary": summary, "allreduce": allreduce, "step": steps,
+              "model": model(steps["step_ms_median"]), "hop_latency_s": HOP_LATENCY_S}
     print(json.dumps({k: result[k] for k in ("summary", "allreduce", "step")}, indent=1))
     out = ROOT / "bench" / "results" / f"scaling-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
