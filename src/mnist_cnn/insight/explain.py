@@ -46,9 +46,10 @@ def activations(model: Net, x: torch.Tensor) -> dict[str, torch.Tensor]:
     with torch.inference_mode():
         x = x.to(device, torch.float32)
         out["input"] = x  # (B, 1, 28, 28)
-        out["conv1"] = F.relu(model.conv1(x))  # (B, C1, 26, 26)
+        bn1, bn2 = (model.bn1, model.bn2) if model.cfg.batch_norm else (torch.nn.Identity(), torch.nn.Identity())
+        out["conv1"] = F.relu(bn1(model.conv1(x)))  # (B, C1, 26, 26)
         out["pool1"] = model.pool(out["conv1"])  # (B, C1, 13, 13)
-        out["conv2"] = F.relu(model.conv2(out["pool1"]))  # (B, C2, 11, 11)
+        out["conv2"] = F.relu(bn2(model.conv2(out["pool1"])))  # (B, C2, 11, 11)
         out["pool2"] = model.pool(out["conv2"])  # (B, C2, 5, 5)
         out["fc1"] = F.relu(model.fc1(torch.flatten(out["pool2"], 1)))  # (B, 128)
         out["logits"] = model.fc2(out["fc1"])  # (B, 10)
@@ -84,18 +85,20 @@ def summary(cfg: ModelConfig = ModelConfig()) -> dict:
 
     def spatial(name, kind, c_in, c_out, kernel, stride, pool):
         nonlocal side, rf, jump
-        new = conv_out(side, kernel, stride)
+        pad = 0 if pool else cfg.padding
+        new = conv_out(side, kernel, stride, pad)
         rf, jump = rf + (kernel - 1) * jump, jump * stride
-        params = 0 if pool else c_out * c_in * kernel * kernel + c_out
+        params = 0 if pool else c_out * c_in * kernel * kernel + c_out + 2 * c_out * cfg.batch_norm  # BN: w, b
         macs = 0 if pool else c_out * new * new * c_in * kernel * kernel
         layers.append({"name": name, "type": kind, "output_shape": [c_out, new, new],
-                       "formula": _size_formula(side, kernel, stride, 0, pool),
+                       "formula": _size_formula(side, kernel, stride, pad, pool),
                        "params": params, "macs": macs, "receptive_field": rf})
         side = new
 
-    spatial("conv1", f"Conv2d({1}, {c1}, {k}) + ReLU", 1, c1, k, 1, False)
+    extra = (f", padding={cfg.padding}" if cfg.padding else "") + (") + BatchNorm" if cfg.batch_norm else ")")
+    spatial("conv1", f"Conv2d({1}, {c1}, {k}{extra} + ReLU", 1, c1, k, 1, False)
     spatial("pool1", f"MaxPool2d({pk}, {ps})", c1, c1, pk, ps, True)
-    spatial("conv2", f"Conv2d({c1}, {c2}, {k}) + ReLU", c1, c2, k, 1, False)
+    spatial("conv2", f"Conv2d({c1}, {c2}, {k}{extra} + ReLU", c1, c2, k, 1, False)
     spatial("pool2", f"MaxPool2d({pk}, {ps})", c2, c2, pk, ps, True)
     # the input pixels any fully connected unit can see: the span covered by the last feature map
     seen = min(cfg.image_size, (side - 1) * jump + rf)
@@ -153,8 +156,9 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None, steps: int 
 
     x: normalized (1, 28, 28) or (1, 1, 28, 28). Integrated Gradients (Sundararajan et al. 2017) averages the
     gradient along the straight path from a baseline to x and multiplies by (x - baseline); the baseline is a
-    blank MNIST canvas (pixel 0, i.e. -1 after normalization). Its attributions sum to logit(x) - logit(blank)
-    up to the Riemann-sum error, which `ig_check` reports. All 32 path points go through the network as one batch.
+    blank canvas (pixel 0: -1 after the tutorial's normalization, -mean/std after the model's own). Its
+    attributions sum to logit(x) - logit(blank) up to the Riemann-sum error, which `ig_check` reports. All 32
+    path points go through the network as one batch.
     """
     x = x.reshape(1, 1, *x.shape[-2:]).detach().float()
     model.eval()
@@ -165,7 +169,7 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None, steps: int 
         logits = model(xg)  # (1, 10)
         target = int(logits.argmax(1)) if target is None else int(target)
         (grad,) = torch.autograd.grad(logits[0, target], xg)  # (1, 1, 28, 28)
-        baseline = torch.full_like(x, -1.0)
+        baseline = torch.full_like(x, -model.cfg.mean / model.cfg.std)  # pixel 0, normalized
         alphas = (torch.arange(steps, device=device, dtype=x.dtype) + 0.5) / steps  # midpoint rule
         path = (baseline + alphas.view(-1, 1, 1, 1) * (x - baseline)).requires_grad_(True)  # (steps, 1, 28, 28)
         path_logits = model(path)[:, target]
@@ -215,8 +219,10 @@ def _show_maps(ax, maps, title, cols, cmap="viridis", vmin=0.0, vmax=None, fig=N
     return im
 
 
-def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None) -> dict:
-    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers."""
+def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None,
+                   names: list[str] | None = None) -> dict:
+    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers.
+    `names`: the class names (default: the class numbers, MNIST's digits)."""
     plt = pyplot()
     acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
     probs, logits = acts["probs"], acts["logits"]
@@ -227,23 +233,25 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     cols2 = 8 if c2 <= 64 else 16
 
     fig = plt.figure(figsize=(17, 13.5), layout="constrained")
-    head = f"predicted {pred} with probability {float(probs[pred]):.3f}"
+    names = [str(c) for c in range(len(probs))] if names is None else list(names)
+    head = f"predicted {names[pred]} with probability {float(probs[pred]):.3f}"
     if label is not None:
-        head += f"   (true label {label}: {'correct' if label == pred else 'WRONG'})"
+        head += f"   (true label {names[label]}: {'correct' if label == pred else 'WRONG'})"
     fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
     top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
 
     ax = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
-    ax[0].imshow(acts["input"][0], cmap="gray", vmin=-1, vmax=1)
-    ax[0].set_title("input as the network sees it\n28x28, normalized to [-1, 1]", fontsize=10)
+    lo, hi = -model.cfg.mean / model.cfg.std, (1 - model.cfg.mean) / model.cfg.std  # pixels 0 and 255, normalized
+    ax[0].imshow(acts["input"][0], cmap="gray", vmin=lo, vmax=hi)
+    ax[0].set_title(f"input as the network sees it\n28x28, normalized to [{lo:.2g}, {hi:.2g}]", fontsize=10)
     g = sal["gradient"].abs()
-    ax[1].imshow(acts["input"][0], cmap="gray", vmin=-1, vmax=1)
+    ax[1].imshow(acts["input"][0], cmap="gray", vmin=lo, vmax=hi)
     ax[1].imshow(g, cmap="hot", alpha=0.75, vmin=0, vmax=float(g.max()) or 1)
     ax[1].set_title(f"saliency: |d logit[{pred}] / d pixel|\n(input gradient)", fontsize=10)
     ig = sal["integrated_gradients"]
     lim = float(ig.abs().max()) or 1.0
     ax[2].imshow(ig, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    ax[2].set_title(f"integrated gradients for class {pred}\nred: pushes towards it, blue: against", fontsize=10)
+    ax[2].set_title(f"integrated gradients for class {names[pred]}\nred: pushes towards it, blue: against", fontsize=10)
     for a in ax[:3]:
         a.set_xticks([])
         a.set_yticks([])
@@ -252,15 +260,16 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[3].bar(classes, logits, color=colors)
     ax[3].axhline(0, color="black", linewidth=0.6)
     ax[3].set_title("logits (fc2 output, raw scores)", fontsize=10)
-    ax[3].set_xticks(classes)
-    ax[3].set_xlabel("digit")
+    rotate = 0 if all(len(n) <= 2 for n in names) else 60
+    ax[3].set_xticks(classes, names, rotation=rotate, fontsize=8 if rotate else None)
+    ax[3].set_xlabel("class")
     ax[4].bar(classes, probs, color=colors)
     ax[4].set_ylim(0, 1.3)
-    ax[4].set_xticks(classes)
-    ax[4].set_xlabel("digit")
+    ax[4].set_xticks(classes, names, rotation=rotate, fontsize=8 if rotate else None)
+    ax[4].set_xlabel("class")
     ax[4].set_ylabel("probability")
     ax[4].set_title("softmax(logits): sums to 1, argmax = prediction", fontsize=10)
-    ax[4].annotate(f"predicted {pred}\n{float(probs[pred]):.3f}", (pred, float(probs[pred])),
+    ax[4].annotate(f"predicted {names[pred]}\n{float(probs[pred]):.3f}", (pred, float(probs[pred])),
                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=9, weight="bold")
 
     shape = lambda t: "x".join(map(str, t.shape))  # noqa: E731
@@ -285,7 +294,8 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     bot.colorbar(im, ax=ax[2], fraction=0.08, pad=0.03)
     fig.savefig(out, dpi=80)
     plt.close(fig)
-    return {"prediction": pred, "probabilities": probs.tolist(), "logits": logits.tolist(), "label": label,
+    return {"prediction": pred, "class_name": names[pred], "probabilities": probs.tolist(), "logits": logits.tolist(),
+            "label": label,
             "saliency_target": sal["target"], "ig_check": sal["ig_check"], "figure": str(out)}
 
 
