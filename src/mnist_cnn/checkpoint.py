@@ -119,3 +119,14 @@ def check_dataset(meta: dict, data: Data, path: str | Path) -> None:
     if any(mine["md5"].get(name) != data.md5.get(name) for name in test):
         raise DataError(f"{path} was trained on {mine['name']}, not on {data.name}; drop --dataset or pass "
                         f"--dataset {mine['name']}")
+
+
+def load_data(meta: dict, path: str | Path, dataset: str | None = None, data_dir: str | Path = "data",
+              quiet: bool = False) -> Data:
+    """The dataset to score the checkpoint on: `dataset` if given (refused if it is not the one it was trained on),
+    else the one it records (MNIST for older checkpoints)."""
+    from mnist_cnn.data import load_dataset
+
+    data = load_dataset(dataset or dataset_of(meta)["name"], data_dir, quiet)
+    check_dataset(meta, data, path)
+    return data
