@@ -221,10 +221,11 @@ def make_optimizer(cfg: TrainConfig, model: Net) -> torch.optim.Optimizer:
 
 def make_scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
     """None for the tutorial's constant rate; OneCycle: 25% warm-up from lr/25 to lr, cosine down to lr/1e4."""
-    if cfg.schedule == "constant":
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "constant" or total < 4:  # OneCycle needs a step in each phase (tiny runs: constant)
         return None
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                               pct_start=0.25)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                               pct_start=max(0.25, 2 / total))
 
 
 def gathered(images, labels, order):
