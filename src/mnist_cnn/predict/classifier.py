@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mnist_cnn import checkpoint
-from mnist_cnn.data import DIGITS
+from mnist_cnn.data import DIGITS, denormalize
 from mnist_cnn.model import ModelConfig
 from mnist_cnn.predict.preprocess import load_image, normalize_image, to_mnist, to_square
 
@@ -52,7 +52,7 @@ def prepare(x, cfg: ModelConfig = ModelConfig(), classes=DIGITS) -> tuple[torch.
     this config (its normalisation) and these classes (digits: MNIST's cropping; others: to_square) needs it."""
     if _is_normalized_tensor(x):
         t = x.detach().float().cpu().reshape(1, 28, 28)
-        image28 = ((t[0] * cfg.std + cfg.mean) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        image28 = denormalize(t[0], cfg.mean, cfg.std).numpy()
         return t, image28
     image28 = (to_mnist if tuple(classes) == DIGITS else to_square)(load_image(x))
     return normalize_image(image28, cfg.mean, cfg.std), image28
