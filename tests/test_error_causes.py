@@ -1,7 +1,7 @@
 """Errors keep their cause in their one line: torch's reason for refusing a file, each mirror's reason."""
 
-import fractions
 import dataclasses
+import fractions
 import http.server
 import os
 import socket
