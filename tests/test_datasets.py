@@ -76,8 +76,11 @@ def mirror(tmp_path):
     """A real http.server in a thread serving tmp_path/www; yields (base URL, folder)."""
     www = tmp_path / "www"
     www.mkdir()
-    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = partial(Quiet, directory=str(www))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -101,9 +104,11 @@ def test_mirror_fetch_from_a_real_http_server(mirror, tmp_path):
     d = data.ensure(gz_only, tmp_path / "g", quiet=True)
     assert sorted(p.name for p in d.iterdir()) == sorted(f"{n}.gz" for n in raw)
     assert data.read_verified(d, "t10k-labels-idx1-ubyte", gz_only) == raw["t10k-labels-idx1-ubyte"]
-    # a mirror serving a damaged file: refused, and (no offline copy) one line naming where to put the files
+    # a mirror serving a damaged file: refused, and (no offline copy) one line with each mirror's reason
     (www / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(b"\0\0\x08\x01\0\0\0\x01\x05"))
-    with pytest.raises(DataError, match=r"no tiny mirror reachable .* put them into Tiny/raw/"):
+    says = (r"no tiny mirror worked \(127.0.0.1:9: .*served t10k-labels-idx1-ubyte.gz with the wrong MD5\), "
+            r"and tiny has no offline copy.* put them into Tiny/raw/")
+    with pytest.raises(DataError, match=says):
         data.ensure(tiny, tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad" / "Tiny" / "raw" / "t10k-labels-idx1-ubyte").exists()
 
