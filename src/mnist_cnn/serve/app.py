@@ -74,13 +74,15 @@ class Engine:
     Only that thread touches the model, so no lock is needed around it.
     """
 
-    def __init__(self, model_path: str | Path, data_dir: str | Path = "data"):
+    def __init__(self, model_path: str | Path, data_dir: str | Path = "data", dataset: str | None = None):
         from mnist_cnn.insight.explain import summary
 
         self.model_path = Path(model_path)
         self.model, self.meta = checkpoint.load(self.model_path)  # eval mode, on the CPU
         self.summary = summary(self.model.cfg)
         self.data_dir = Path(data_dir)
+        self.dataset = dataset  # None: the one the checkpoint was trained on
+        self.classes = checkpoint.class_names(self.meta, self.model.cfg.num_classes)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._forward_loop, name="mnist-cnn-forward", daemon=True).start()
         self._test = None  # (images uint8 (N, 28, 28), labels int64 (N,)), loaded by test_set()
@@ -91,7 +93,8 @@ class Engine:
         future = Future()
         self._queue.put((image28, with_activations, future))
         probs, acts = await asyncio.wrap_future(future)
-        out = {"prediction": int(np.argmax(probs)), "probabilities": probs, "input_28x28": image28.tolist()}
+        out = {"prediction": int(np.argmax(probs)), "label": self.classes[int(np.argmax(probs))],
+               "probabilities": probs, "input_28x28": image28.tolist()}
         if acts is not None:
             out["activations"] = {name: encode_maps(acts[name]) for name in LAYERS}
         return out
@@ -107,7 +110,8 @@ class Engine:
                 except queue.Empty:
                     break
             try:
-                x = normalize(torch.from_numpy(np.stack([image for image, _, _ in batch])))  # (B, 1, 28, 28)
+                x = normalize(torch.from_numpy(np.stack([image for image, _, _ in batch])),
+                              self.model.cfg.mean, self.model.cfg.std)  # (B, 1, 28, 28)
                 if any(want for _, want, _ in batch):
                     acts = activations(self.model, x)  # {layer: (B, ...)}
                     probs = acts["probs"]
@@ -126,9 +130,8 @@ class Engine:
     def test_set(self):
         with self._test_lock:
             if self._test is None:
-                from mnist_cnn.data import load_mnist
-
-                data = load_mnist(self.data_dir, quiet=True)  # fetches (verified) if absent, like `mnist-cnn data`
+                # fetched (verified) if absent, like `mnist-cnn data`; refused if not the checkpoint's dataset
+                data = checkpoint.load_data(self.meta, self.model_path, self.dataset, self.data_dir, quiet=True)
                 self._test = (data.test_images.numpy(), data.test_labels.numpy())
             return self._test
 
@@ -297,7 +300,8 @@ class PredictOut(BaseModel):
 
 class SampleOut(BaseModel):
     index: int
-    label: int = Field(description="the true digit")
+    label: int = Field(description="the true class (the digit, for MNIST)")
+    class_name: str = Field("", description="the true class's name (e.g. 'Sneaker' on Fashion-MNIST)")
     pixels: list[list[int]] = Field(description="28x28, 0..255, white on black; POST it back as {'pixels': ...}")
     count: int = Field(description="how many test digits there are")
 
@@ -350,10 +354,11 @@ async def digit_from_request(request: Request, activations: bool) -> tuple[np.nd
     return image, activations
 
 
-def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | Path = "data"):
+def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | Path = "data",
+               dataset: str | None = None):
     """The FastAPI app (BodyLimit outermost but for Starlette's error middleware). Loads the checkpoint now,
     so a bad --model is a CheckpointError before the server starts."""
-    engine = Engine(model_path, data_dir)
+    engine = Engine(model_path, data_dir, dataset)
     api = FastAPI(title="mnist-cnn", version="1", description="Draw a digit, watch the CNN think. "
                   "Every endpoint answers a client's mistake with 4xx and a message.")
     api.state.engine = engine
@@ -385,7 +390,8 @@ def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | P
             index = random.randrange(len(images))
         if index >= len(images):
             raise HTTPException(422, f"index must be in 0..{len(images) - 1}, got {index}")
-        return {"index": index, "label": int(labels[index]), "pixels": images[index].tolist(),
+        return {"index": index, "label": int(labels[index]), "class_name": engine.classes[int(labels[index])],
+                "pixels": images[index].tolist(),
                 "count": len(images)}
 
     @api.post("/api/predict", summary="classify a digit", response_model=None, openapi_extra=PREDICT_BODY,
