@@ -15,7 +15,7 @@ Printed digits. MNIST holds handwriting only, so a printed 1 with a foot reads a
 hooked top as a 5, more or less often depending on the tutorial. A share of every batch is therefore replaced
 by digits rendered from the fonts matplotlib ships (STIX and Computer Modern: serif, sans and typewriter
 faces, a dependency already), made into 28x28 exactly as `mnist-cnn predict` makes a user's image, then
-distorted like the rest. DejaVu and Liberation, the fonts the measurements in the README use, are left out,
+distorted like the rest. DejaVu and Liberation, the fonts docs/predict.md measures on, are left out,
 so those stay a held-out test.
 
 The random numbers come from the training generator (CPU, so runs are repeatable with --seed); only the

@@ -464,6 +464,8 @@ def add_bench(sub):
     p.add_argument("--quick", action="store_true",
                    help="tiny budget (20 batches per epoch, 1,280 test images): checks the plumbing, not speed")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--results", metavar="PATH", help="also write the raw figures, with machine, date, versions and "
+                   "command, as JSON to PATH (a folder: a file named by date and machine; see bench/results/)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -479,6 +481,12 @@ def cmd_bench(args):
     pick_device(args.device)  # a missing CUDA/MPS is a one-line error here, not in a child
     res = bench(args, log=(lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr)))
     print_json(res) if args.json else print(format_table(res))
+    if args.results:
+        from mnist_cnn.perf.results import write_results
+
+        path = write_results(args.results, "bench", res, n=args.repeats,
+                             n_is="runs of each side (every figure is their median)")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 # -----------------------------------------------------------------------------

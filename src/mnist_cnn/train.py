@@ -9,7 +9,7 @@ The engine differs from the tutorial's DataLoader pipeline in how data moves, no
 
 Measured on this 2-core AMD EPYC (avx512_bf16), torch 2.14.1, batch 64, n=1 run each, 200 steps:
 fp32 4,100 img/s; bf16 + channels_last 7,990 img/s (7.5 s/epoch); a whole step with fused Adam and fused.c,
-best of 12 x 60, 4.93 ms (13,000 img/s). See README for whole-run figures.
+best of 12 x 60, 4.93 ms (13,000 img/s). See docs/performance.md for whole runs.
 """
 
 from __future__ import annotations
@@ -264,10 +264,7 @@ def restore(run: Run, state: dict | None) -> Progress:
 def for_training(run: Run) -> torch.nn.Module:
     """The module the steps call: the same parameters as run.model, compiled (--compile), in DDP under torchrun."""
     trained = torch.compile(run.model) if run.cfg.compile else run.model
-    if run.world.size > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            trained, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    return trained
+    return distributed.wrap(trained, run.opt, run.device)
 
 
 # -----------------------------------------------------------------------------
@@ -401,8 +398,9 @@ def save(run: Run, progress: Progress, epoch_done: int, step: int, gen_state: to
     from mnist_cnn import checkpoint
 
     cfg, world = run.cfg, run.world
-    rngs = distributed.gather_objects(torch.get_rng_state(), world)  # collective: every rank takes part
-    augment_rngs = distributed.gather_objects(run.augment_generator.get_state(), world) if cfg.augment else []
+    rngs = distributed.gather_states(torch.get_rng_state(), world, run.device)  # collective: every rank takes part
+    augment_rngs = (distributed.gather_states(run.augment_generator.get_state(), world, run.device) if cfg.augment
+                    else [])
     if not (cfg.save and world.main):
         return
     if step == 0:  # a finished epoch: the plain checkpoint too
@@ -506,6 +504,7 @@ def train(cfg: TrainConfig, data: Data | None = None, log=print, criterion=None)
     The process-wide settings it changes (threads, determinism, cuDNN, cuBLAS) are put back when it returns.
     """
     cfg.validate()
+    cfg = resume.after_restart(cfg)  # torchrun restarted the workers after a failure: continue the saved run
     state = None
     if cfg.resume:
         state = resume.load_state(resume.state_path(cfg.out))
@@ -521,7 +520,7 @@ def train(cfg: TrainConfig, data: Data | None = None, log=print, criterion=None)
         with engine_settings(cfg, device):
             return _train(cfg, state, data, device, world, log if world.main else (lambda *a, **k: None), criterion)
     finally:
-        distributed.teardown()
+        distributed.teardown(clean=sys.exc_info()[0] is None)  # after an error a peer may be gone: no barrier
 
 
 @contextmanager

@@ -14,8 +14,8 @@ accuracy as mean ± std over seeds.
     optimizer  Adam lr 1e-3 (seed), SGD momentum 0.9 lr 1e-2
 
 `--quick` trains 1 epoch on a fixed 6,000-image subset, one seed, and tests on all 10,000: the table's shape
-and the cost columns are right, the accuracies are those of a barely trained network. The README quotes a
-full run (see README: Understanding for the command and the machine).
+and the cost columns are right, the accuracies are those of a barely trained network. docs/understanding.md
+quotes a full run, with the command and the machine.
 """
 
 from __future__ import annotations
