@@ -17,6 +17,7 @@ exactly the tutorial's (conv1.*, conv2.*, fc1.*, fc2.*), so the tutorial's own `
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -25,6 +26,11 @@ import torch.nn.functional as F
 
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.perf import fused
+
+# Upper bounds on a config, far above anything useful on 28x28 digits; they stop a checkpoint description (or a
+# flag) from asking for gigabytes before anything else is checked. Lower bounds are 1 (dropout: [0, 1)).
+MAX_CHANNELS, MAX_FC_UNITS, MAX_CLASSES, MAX_IMAGE_SIZE = 4096, 65536, 10000, 1024
+INT_FIELDS = ("kernel_size", "pool_kernel", "pool_stride", "fc_units", "num_classes", "image_size")
 
 
 @dataclass(frozen=True)
@@ -39,16 +45,15 @@ class ModelConfig:
     image_size: int = 28
 
     def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if len(self.channels) != 2:
-            raise ConfigError(f"channels needs two numbers (conv1 conv2), got {list(self.channels)}")
-        for name in ("kernel_size", "pool_kernel", "pool_stride", "fc_units", "num_classes", "image_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if min(self.channels) < 1:
-            raise ConfigError(f"channels must be at least 1, got {list(self.channels)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not isinstance(self.channels, (list, tuple)) or len(self.channels) != 2:
+            raise ConfigError(f"channels needs two numbers (conv1 conv2), got {self.channels!r}"[:200])
+        object.__setattr__(self, "channels", tuple(_whole("channels", c, MAX_CHANNELS) for c in self.channels))
+        caps = {"fc_units": MAX_FC_UNITS, "num_classes": MAX_CLASSES, "image_size": MAX_IMAGE_SIZE}
+        for name in INT_FIELDS:
+            _whole(name, getattr(self, name), caps.get(name, MAX_IMAGE_SIZE))
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be a number in [0, 1), got {self.dropout!r}"[:200])
         feature_sizes(self)  # refuses a config whose feature map shrinks below 1x1
 
     def to_dict(self) -> dict:
@@ -60,6 +65,23 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _whole(name: str, value, cap: int) -> int:
+    """A config value that must be a whole number in 1..cap (JSON's 1e11 or "32" or true are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= cap:
+        raise ConfigError(f"{name} must be a whole number in 1..{cap:,}, got {value!r}"[:200])
+    return int(value)
+
+
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes Net(cfg) has, from the formulas alone (nothing allocated): a checkpoint's tensors
+    are compared with these before any model is built."""
+    c1, c2 = cfg.channels
+    k, side = cfg.kernel_size, feature_sizes(cfg)[-1][1]
+    return {"conv1.weight": (c1, 1, k, k), "conv1.bias": (c1,), "conv2.weight": (c2, c1, k, k), "conv2.bias": (c2,),
+            "fc1.weight": (cfg.fc_units, c2 * side * side), "fc1.bias": (cfg.fc_units,),
+            "fc2.weight": (cfg.num_classes, cfg.fc_units), "fc2.bias": (cfg.num_classes,)}
 
 
 def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
