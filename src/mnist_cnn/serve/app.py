@@ -69,6 +69,10 @@ class Busy(Exception):
     """More requests are waiting for the model than Limits.queue allows."""
 
 
+class Stopped(Exception):
+    """The model thread has stopped (a bug): /healthz says so, predictions get 503."""
+
+
 log = logging.getLogger("mnist_cnn.serve")
 
 
@@ -129,6 +133,8 @@ class Engine:
 
     async def predict(self, image28: np.ndarray, with_activations: bool = False) -> tuple[list, dict | None, int]:
         """uint8 (28, 28) -> (10 probabilities, {layer: maps} or None, size of the batch it ran in)."""
+        if not self.alive:
+            raise Stopped(self.failure)
         future = Future()
         try:
             self._queue.put_nowait((image28, with_activations, future))
@@ -137,12 +143,18 @@ class Engine:
         return await asyncio.wrap_future(future)
 
     def _run(self):
+        batch = []
         try:
             while True:
-                self._forward(self._take())
+                batch = self._take()
+                self._forward(batch)
         except BaseException as e:  # not expected: kept for /healthz, which then says the server is dead
             self.failure = f"{type(e).__name__}: {e}"
             log.exception("the forward thread stopped")
+            stopped = RuntimeError(f"the model thread stopped ({self.failure})")
+            for _, _, future in batch:  # nobody waits forever: this batch fails, later requests get 503
+                if not future.done():
+                    future.set_exception(stopped)
 
     def _take(self) -> list:
         """Wait for one request, then take the others already waiting, oldest first, up to max_batch.
@@ -312,6 +324,9 @@ class BodyLimit:
             if too_big:
                 await refuse(413, f"request body larger than {self.limit:,} bytes", scope, receive, send_logged)
                 return
+            if body is None:  # the client left before its body was complete: nothing to work on
+                status[0] = 499
+                return
             replayed = [False]
 
             async def replay():
@@ -328,7 +343,8 @@ class BodyLimit:
             log.info("%s %s %s%s %d %.1fms %dB", client[0], scope["method"], scope["path"], query[:80],
                      status[0], ms, sent[0])
 
-    async def _read_body(self, scope, receive) -> tuple[bytes, bool]:
+    async def _read_body(self, scope, receive) -> tuple[bytes | None, bool]:
+        """(body, too big); body None if the client disconnected before sending all of it."""
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return b"", True  # declared too big (or nonsense): refuse before reading a byte
@@ -336,7 +352,7 @@ class BodyLimit:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                break
+                return None, False
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.limit:
@@ -497,6 +513,8 @@ def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | P
         except Busy:
             raise HTTPException(503, f"server busy: {limits.queue} requests are waiting for the model; retry",
                                 headers={"Retry-After": "1"}) from None
+        except Stopped:
+            raise HTTPException(503, "the model thread has stopped (see /healthz and the server log)") from None
         out = {"prediction": int(np.argmax(probs)), "probabilities": probs, "input_28x28": image.tolist()}
         if acts is not None:
             out["activations"] = {name: encode_maps(acts[name]) for name in LAYERS}
