@@ -7,9 +7,12 @@ import asyncio
 import http.client
 import io
 import json
+import re
 import resource
+import shutil
 import socket
 import struct
+import subprocess
 import threading
 import time
 import zlib
@@ -320,3 +323,20 @@ def test_sample_without_data_says_so_and_fetches_nothing(model_path, tmp_path):
         assert r.status_code == 503 and "mnist-cnn data" in r.json()["detail"]
         assert str(tmp_path) not in r.text and "pip" not in r.text
     assert not (tmp_path / "empty").exists()  # nothing was fetched or created
+
+
+# -----------------------------------------------------------------------------
+# wrk, the load generator the docs quote (bench/serve_load.py measures; this checks it gets clean answers)
+
+
+@pytest.mark.skipif(not shutil.which("wrk"), reason="wrk is not installed (apt-get install wrk; .ci/run does)")
+def test_wrk_at_16_keep_alive_connections_gets_only_200s(cramped, mnist, tmp_path):
+    base, _, _ = cramped
+    script = tmp_path / "post.lua"
+    body = json.dumps({"pixels": mnist.test_images[0].tolist()})
+    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = [==[{body}]==]\n")
+    out = subprocess.run(["wrk", "-t1", "-c16", "-d3s", "--latency", "-s", str(script), base + "/api/predict"],
+                         capture_output=True, text=True, timeout=60).stdout
+    done = int(re.search(r"(\d+) requests in", out).group(1))
+    assert done > 16 and "Non-2xx" not in out and "Socket errors" not in out, out

@@ -220,7 +220,7 @@ def _download(url: str, name: str, quiet: bool, timeout: float, deadline_s: floa
             raise OSError(f"{url}: {size:,} bytes is over the {max_bytes:,} byte cap")
         buf = io.BytesIO()
         with _progress(size, name, quiet) as bar:
-            while chunk := r.read(1 << 16):
+            while chunk := r.read1(1 << 16):  # what has arrived: a trickle cannot outlast the deadline
                 buf.write(chunk)
                 bar.update(len(chunk))
                 if buf.tell() > max_bytes:
