@@ -98,7 +98,8 @@ def test_model_description_values_are_typed_and_bounded(ckpt, fc_units, says):
     edit_meta(ckpt, model={**Net().cfg.to_dict(), "fc_units": fc_units})
     with pytest.raises(CheckpointError, match=says):
         checkpoint.load(ckpt)
-    assert says in assert_one_line_error(run_cli("evaluate", "--model", ckpt))
+    if fc_units == 1e11:  # once through the CLI: this one used to end in a traceback
+        assert says in assert_one_line_error(run_cli("evaluate", "--model", ckpt))
 
 
 def test_weights_are_checked_against_the_description_before_a_model_is_built(ckpt, tmp_path):

@@ -37,7 +37,7 @@ def model_path(tmp_path_factory, mnist):
 def tight(model_path, mnist_dir, tmp_path_factory):
     """A server with short deadlines, one decoder, a queue of 8 and batches of at most 4."""
     log = tmp_path_factory.mktemp("tight") / "serve.log"
-    with serve(model_path, mnist_dir, log, args=SHORT) as base:
+    with serve(model_path, mnist_dir, log, args=SHORT, startup_s=300) as base:
         yield base, int(base.rsplit(":", 1)[1]), log
 
 
@@ -49,7 +49,7 @@ def low_fd_limit():
 def cramped(model_path, mnist_dir, tmp_path_factory):
     """A server started under `ulimit -n 128`, default limits otherwise (headers may take 10 s)."""
     log = tmp_path_factory.mktemp("cramped") / "serve.log"
-    with serve(model_path, mnist_dir, log, preexec_fn=low_fd_limit) as base:
+    with serve(model_path, mnist_dir, log, preexec_fn=low_fd_limit, startup_s=300) as base:
         yield base, int(base.rsplit(":", 1)[1]), log
 
 

@@ -131,8 +131,8 @@ def _decode(raw: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
             img = Image.open(io.BytesIO(raw), formats=FORMATS)
             w, h = img.size
             if w * h > max_pixels and img.format in ("JPEG", "MPO"):  # the decoder can scale by 1/2, 1/4, 1/8
-                scale = (w * h / max_pixels) ** 0.5
-                img.draft(img.mode, (int(w / scale) + 1, int(h / scale) + 1))
+                scale = next((s for s in (2, 4, 8) if -(-w // s) * -(-h // s) <= max_pixels), 8)
+                img.draft(img.mode, (-(-w // scale), -(-h // scale)))  # the smallest scale at least this big
                 w, h = img.size
             if w * h > max_pixels:
                 raise PreprocessError(f"{name}: image of {w}x{h} pixels is over the {max_pixels:,} pixel limit "

@@ -72,7 +72,9 @@ def guarded_protocol(header_seconds: float, max_connections: int):
             idle = [c for c in self.connections if c is not self and not c.transport.is_closing()
                     and (c.cycle is None or c.cycle.response_complete)]
             if idle:
-                min(idle, key=lambda c: c.idle_since).transport.close()
+                oldest = min(idle, key=lambda c: c.idle_since)
+                oldest.transport.close()
+                self.connections.discard(oldest)  # now: uvicorn counts connections before connection_lost runs
             else:
                 self.transport.write(BUSY)
                 self.transport.close()
