@@ -118,7 +118,7 @@ def run_wrk(base: str, script: Path, connections: int, seconds: int) -> dict:
     before = loadavg()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
                           base + "/api/predict"], capture_output=True, text=True, timeout=seconds + 60).stdout
-    pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M))
+    pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", out, re.M))
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not pct or not rps:
         fail(f"cannot read wrk's output:\n{out}")
@@ -246,7 +246,7 @@ def load_tool(base: str, connections: int) -> dict:
                           timeout=600)
     report = json.loads(proc.stdout)
     return {"connections": connections, "p50_ms": report["latency_ms"]["p50"],
-            "p99_ms": report["latency_ms"]["p99"], "req_per_s": report.get("requests_per_s"),
+            "p99_ms": report["latency_ms"]["p99"], "req_per_s": report.get("throughput_rps"),
             "errors": report["errors"]}
 
 
