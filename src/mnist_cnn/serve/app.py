@@ -131,6 +131,11 @@ class Engine:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def model(self):
+        """The backend's torch model, for the views that need one (learn.py); None for a backend without."""
+        return getattr(self.backend, "model", None)
+
     async def predict(self, image28: np.ndarray, with_activations: bool = False) -> tuple[list, dict | None, int]:
         """uint8 (28, 28) -> (10 probabilities, {layer: maps} or None, size of the batch it ran in)."""
         if not self.alive:
