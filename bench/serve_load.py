@@ -187,6 +187,21 @@ def upload(port: int, raw: bytes) -> int:
         conn.close()
 
 
+def idle_sockets(port: int, stop: threading.Event, n: int = 200):
+    """Keep `n` connections open that never send a byte (reopening the ones the server closes)."""
+    socks = []
+    while not stop.is_set():
+        socks = [s for s in socks if s.fileno() != -1]
+        while len(socks) < n and not stop.is_set():
+            try:
+                socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            except OSError:
+                break
+        time.sleep(1.0)
+    for s in socks:
+        s.close()
+
+
 def hostile(port: int, stop: threading.Event, counts: dict):
     """Start the hostile clients as daemon threads; they run until `stop` is set."""
     bomb, photo = png_claiming(6324, 6324), big_photo()
@@ -207,19 +222,6 @@ def hostile(port: int, stop: threading.Event, counts: dict):
             except OSError:
                 counts["slow_closed_by_server"] += 1
 
-    def idler():
-        socks = []
-        while not stop.is_set():
-            socks = [s for s in socks if s.fileno() != -1]
-            while len(socks) < 200 and not stop.is_set():
-                try:
-                    socks.append(socket.create_connection(("127.0.0.1", port), timeout=5))
-                except OSError:
-                    break
-            time.sleep(1.0)
-        for s in socks:
-            s.close()
-
     counts.update({"bomb": {}, "photo": {}, "slow_closed_by_server": 0})
     workers = [threading.Thread(target=uploader, args=(bomb, "bomb")) for _ in range(2)]
     workers += [threading.Thread(target=uploader, args=(photo, "photo")) for _ in range(4)]
@@ -228,7 +230,7 @@ def hostile(port: int, stop: threading.Event, counts: dict):
     workers += [threading.Thread(target=trickler, args=(
         b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         b"Content-Length: 100000\r\n\r\n",)) for _ in range(4)]
-    workers.append(threading.Thread(target=idler))
+    workers.append(threading.Thread(target=idle_sockets, args=(port, stop)))
     for w in workers:
         w.daemon = True
         w.start()

@@ -2,7 +2,11 @@
 
     clf = Classifier.load("mnist_cnn_model.pth")       # architecture rebuilt from the checkpoint's JSON
     p = clf.predict("my_digit.jpg")                    # path, bytes, file, PIL image, numpy array or tensor
-    p.digit, p.probabilities, p.image28                # argmax, 10 softmax probabilities, what the net saw
+    p.digit, p.label, p.probabilities, p.image28       # argmax, its class name, softmax, what the net saw
+
+A model trained on another dataset (`train --dataset fashion-mnist`) names its classes ("Sneaker") from its
+checkpoint, normalizes with the statistics it was trained with, and, as its classes are not digits, prepares
+an image by fitting the whole picture into 28x28 (`to_square`) instead of MNIST's digit cropping.
 
 As the tutorial's Q&A says, the network's last layer gives 10 scores (logits); softmax turns them into a
 probability per class and the prediction is the largest. Images go through `mnist_cnn.predict.preprocess` first,
@@ -20,8 +24,9 @@ import numpy as np
 import torch
 
 from mnist_cnn import checkpoint
-from mnist_cnn.data import MEAN, STD
-from mnist_cnn.predict.preprocess import load_image, normalize_image, to_mnist
+from mnist_cnn.data import DIGITS, denormalize
+from mnist_cnn.model import ModelConfig
+from mnist_cnn.predict.preprocess import load_image, normalize_image, to_mnist, to_square
 
 
 @dataclass
@@ -29,10 +34,11 @@ class Prediction:
     digit: int  # the most probable class
     probabilities: list[float]  # softmax over the 10 classes, sums to 1
     image28: np.ndarray  # uint8 (28, 28): the MNIST-style image the network saw
+    label: str = ""  # the class's name: "7" for MNIST, "Sneaker" for Fashion-MNIST
 
     def top(self, k: int = 3) -> list[tuple[int, float]]:
         """The k most probable digits with their probabilities, most probable first."""
-        order = np.argsort(self.probabilities)[::-1][:k]
+        order = np.argsort(self.probabilities)[::-1][:k]  # class numbers; names via Classifier.classes
         return [(int(d), float(self.probabilities[d])) for d in order]
 
 
@@ -41,14 +47,15 @@ def _is_normalized_tensor(x) -> bool:
         and x.dim() in (2, 3) and x.numel() == 784
 
 
-def prepare(x) -> tuple[torch.Tensor, np.ndarray]:
-    """Anything predict accepts -> (normalized float32 (1, 28, 28), uint8 (28, 28) image)."""
+def prepare(x, cfg: ModelConfig = ModelConfig(), classes=DIGITS) -> tuple[torch.Tensor, np.ndarray]:
+    """Anything predict accepts -> (normalized float32 (1, 28, 28), uint8 (28, 28) image), the way a model with
+    this config (its normalisation) and these classes (digits: MNIST's cropping; others: to_square) needs it."""
     if _is_normalized_tensor(x):
         t = x.detach().float().cpu().reshape(1, 28, 28)
-        image28 = ((t[0] * STD + MEAN) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        image28 = denormalize(t[0], cfg.mean, cfg.std).numpy()
         return t, image28
-    image28 = to_mnist(load_image(x))
-    return normalize_image(image28), image28
+    image28 = (to_mnist if tuple(classes) == DIGITS else to_square)(load_image(x))
+    return normalize_image(image28, cfg.mean, cfg.std), image28
 
 
 class Classifier:
@@ -56,6 +63,7 @@ class Classifier:
         self.model = model.eval()
         self.meta = meta or {}
         self.device = torch.device(device)
+        self.classes = checkpoint.class_names(self.meta, model.cfg.num_classes)  # class k's name
 
     @classmethod
     def load(cls, path: str | Path = "mnist_cnn_model.pth", device: str | torch.device = "cpu") -> Classifier:
@@ -73,11 +81,12 @@ class Classifier:
 
     def predict_batch(self, xs) -> list[Prediction]:
         """Many images in one forward pass. A bad image raises PreprocessError (naming it) before any work."""
-        prepared = [prepare(x) for x in xs]
+        prepared = [prepare(x, self.model.cfg, self.classes) for x in xs]
         if not prepared:
             return []
         probs = self.probabilities(torch.stack([t for t, _ in prepared]))  # (B, 10)
-        return [Prediction(int(p.argmax()), p.tolist(), img) for p, (_, img) in zip(probs, prepared, strict=True)]
+        return [Prediction(int(p.argmax()), p.tolist(), img, self.classes[int(p.argmax())])
+                for p, (_, img) in zip(probs, prepared, strict=True)]
 
 
 # -----------------------------------------------------------------------------

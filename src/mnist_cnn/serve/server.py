@@ -26,6 +26,8 @@ import resource
 import socket
 import time
 
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
 from mnist_cnn.serve.limits import Limits
 
 FD_RESERVE = 32  # descriptors kept for everything that is not a client: logs, decoders' temp files, libraries
@@ -56,60 +58,64 @@ def connection_budget(wanted: int) -> int:
     return max(1, min(wanted, soft - in_use - FD_RESERVE))
 
 
-def guarded_protocol(header_seconds: float, max_connections: int):
-    """uvicorn's httptools protocol with a header deadline and a connection cap (module docstring)."""
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+class Guarded(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a header deadline and a connection cap (module docstring).
+    `guarded_protocol` sets the two limits on a subclass."""
 
-    class Guarded(HttpToolsProtocol):
-        def connection_made(self, transport):
-            super().connection_made(transport)
-            self.idle_since, self.deadline = time.monotonic(), None
-            self.arm()
-            if len(self.connections) > max_connections:
-                self.make_room()
+    header_seconds: float = 10.0
+    max_connections: int = 256
 
-        def make_room(self):
-            idle = [c for c in self.connections if c is not self and not c.transport.is_closing()
-                    and (c.cycle is None or c.cycle.response_complete)]
-            if idle:
-                oldest = min(idle, key=lambda c: c.idle_since)
-                oldest.transport.close()
-                self.connections.discard(oldest)  # now: uvicorn counts connections before connection_lost runs
-            else:
-                self.transport.write(BUSY)
-                self.transport.close()
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self.idle_since, self.deadline = time.monotonic(), None
+        self.arm()
+        if len(self.connections) > self.max_connections:
+            self.make_room()
 
-        def arm(self):
-            self.disarm()
-            self.deadline = self.loop.call_later(header_seconds, self.too_slow)
+    def make_room(self):
+        idle = [c for c in self.connections if c is not self and not c.transport.is_closing()
+                and (c.cycle is None or c.cycle.response_complete)]
+        if idle:
+            oldest = min(idle, key=lambda c: c.idle_since)
+            oldest.transport.close()
+            self.connections.discard(oldest)  # now: uvicorn counts connections before connection_lost runs
+        else:
+            self.transport.write(BUSY)
+            self.transport.close()
 
-        def disarm(self):
-            if self.deadline is not None:
-                self.deadline.cancel()
-                self.deadline = None
+    def arm(self):
+        self.disarm()
+        self.deadline = self.loop.call_later(self.header_seconds, self.too_slow)
 
-        def too_slow(self):
-            if not self.transport.is_closing():
-                self.transport.write(SLOW)
-                self.transport.close()
+    def disarm(self):
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
 
-        def on_message_begin(self):
-            super().on_message_begin()
-            self.arm()
+    def too_slow(self):
+        if not self.transport.is_closing():
+            self.transport.write(SLOW)
+            self.transport.close()
 
-        def on_headers_complete(self):
-            self.disarm()
-            super().on_headers_complete()
+    def on_message_begin(self):
+        super().on_message_begin()
+        self.arm()
 
-        def on_response_complete(self):
-            self.idle_since = time.monotonic()
-            super().on_response_complete()
+    def on_headers_complete(self):
+        self.disarm()
+        super().on_headers_complete()
 
-        def connection_lost(self, exc):
-            self.disarm()
-            super().connection_lost(exc)
+    def on_response_complete(self):
+        self.idle_since = time.monotonic()
+        super().on_response_complete()
 
-    return Guarded
+    def connection_lost(self, exc):
+        self.disarm()
+        super().connection_lost(exc)
+
+
+def guarded_protocol(header_seconds: float, max_connections: int) -> type:
+    return type("Guarded", (Guarded,), {"header_seconds": header_seconds, "max_connections": max_connections})
 
 
 def run(app, sock: socket.socket, limits: Limits) -> None:
