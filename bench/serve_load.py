@@ -16,8 +16,8 @@ competes with the server for the same cores and the GIL and measures itself.
               at a time, and 200 idle sockets. Reports the server's peak RSS (VmHWM), wrk's p99 against the
               baseline's, and 5xx counts. Targets: peak RSS < 1 GB, p99 within 2x, no 5xx.
 
-Results go to bench/results/serve_load.json with the machine's load average before and after each run: this
-machine is shared, and a figure without its load is not worth quoting.
+Results go to bench/results/serve_load-<date>-<machine>.json (perf/results.py's wrapper), with the machine's
+load average before and after each run: a figure without its load is not worth quoting on a shared machine.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "serve_load.json"
+RESULTS = ROOT / "bench" / "results"  # a file named serve_load-<UTC date>-<machine>.json is made inside
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}  # wrk's latency units -> ms
 
 
@@ -262,7 +262,7 @@ def main(argv=None):
     ap.add_argument("--hostile", action="store_true")
     ap.add_argument("--load-tool", action="store_true")
     ap.add_argument("--server-args", default="", help="more `serve` flags, one string")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--results", default=str(RESULTS) + os.sep, help="a file, or a folder to make one in")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not shutil.which("wrk"):
@@ -308,9 +308,11 @@ def hostile_run(base, port, script, pid, args) -> dict:
 
 
 def report(result: dict, args):
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    sys.path.insert(0, str(ROOT / "src"))
+    from mnist_cnn.perf.results import write_results
+
+    out = write_results(args.results, "serve_load", result, n=args.repeats,
+                        n_is="wrk runs per connection count (p50, p99, req/s: their medians; each run kept)")
     if args.json:
         print(json.dumps(result, indent=2))
         return
