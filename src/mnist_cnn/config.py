@@ -88,7 +88,7 @@ class ModelConfig:
             raise ConfigError(f"batch_norm must be true or false, got {self.batch_norm!r}"[:200])
         for name in ("dropout", "mean", "std"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}"[:200])
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
