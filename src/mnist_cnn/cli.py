@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import typing
@@ -23,6 +24,11 @@ class Parser(argparse.ArgumentParser):
 
 # -----------------------------------------------------------------------------
 # flags generated from the config dataclasses (config.py), where every default and help text is written once
+
+
+@functools.cache
+def type_hints(cls) -> dict:  # the field annotations, evaluated (compiling each one: ~3 ms a class, so once)
+    return typing.get_type_hints(cls)
 
 
 def default_of(f: dataclasses.Field):
@@ -58,7 +64,7 @@ def add_config_flags(p, cls, prefix: str = "", groups: dict | None = None):
     The default is argparse.SUPPRESS: a flag not given leaves nothing in args, so "given" is known
     (given_flags), and the dataclass supplies the real default."""
     groups = {} if groups is None else groups
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.metadata.get("flag", True):
             continue
@@ -79,7 +85,7 @@ def given_flags(args) -> dict:
 
 def build(cls, given: dict, prefix: str = ""):
     """cls(...) from the given flags, every other field at its default; nested dataclasses likewise."""
-    hints, kw = typing.get_type_hints(cls), {}
+    hints, kw = type_hints(cls), {}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]) and f.metadata.get("flag", True):
             kw[f.name] = build(hints[f.name], given, f"{prefix}{f.name}.")
@@ -92,7 +98,7 @@ def add_setting(p, name: str, cls=TrainConfig, **override):
     """One config field's flag on a command other than `train` (evaluate's --precision, ...), with a plain
     default taken from the dataclass."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    kw = {"default": default_of(f), "help": help_of(f), **flag_kind(typing.get_type_hints(cls)[name], f)}
+    kw = {"default": default_of(f), "help": help_of(f), **flag_kind(type_hints(cls)[name], f)}
     p.add_argument(f"--{name.replace('_', '-')}", **{**kw, **override})
 
 
