@@ -26,14 +26,18 @@ from functools import cache
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn import distributed, resume
+from mnist_cnn import calibrate, distributed, negatives, resume
 from mnist_cnn.augment import augment as random_distortion
 from mnist_cnn.augment import printed_digits
 from mnist_cnn.data import MNIST, load_mnist, normalize
 from mnist_cnn.errors import CheckpointError, ConfigError, MnistCnnError
-from mnist_cnn.evaluate import evaluate
+from mnist_cnn.evaluate import evaluate, logits_of
 from mnist_cnn.model import ModelConfig, Net
 from mnist_cnn.perf import fused
+
+HOLDOUT = 5_000  # --augment: the last training images, held out to fit the temperature and threshold
+OUTLIER_POOL = 3_000  # --augment: non-digits drawn once per run (~15 ms each), distorted anew in every batch
+OE_WEIGHT = 0.5  # weight of the outlier-exposure term, as in Hendrycks et al. (2019)
 
 
 @dataclass
@@ -218,13 +222,14 @@ def gathered(images, labels, order):
 
 
 def train_epoch(model, opt, images, labels, batches, dtype, bar=None, scheduler=None, criterion=F.cross_entropy,
-                on_step=None, stop=None, augment_generator=None, printed=None):
+                on_step=None, stop=None, augment_generator=None, printed=None, outliers=None):
     """Train on `batches` (index tensors, one per step) in order; returns (loss sum as a 0-d tensor, samples, steps).
 
     The loss sum stays on the device (no host sync per step). `stop(step)` is asked before each step; when it
     says True the epoch ends early (a signal arrived) and the caller saves the position. on_step(images so far)
     may return True to stop early (the target-accuracy check). With an `augment_generator` each batch is
-    randomly distorted (augment.py) with numbers drawn from it, and a share of it swapped for `printed` digits.
+    randomly distorted (augment.py) with numbers drawn from it, and a share of it swapped for `printed` digits
+    and for `outliers` (non-digits, label -1).
     """
     model.train()
     device = images.device
@@ -237,7 +242,7 @@ def train_epoch(model, opt, images, labels, batches, dtype, bar=None, scheduler=
             return loss_sum, seen, step
         x, y = normalize(xs[seen:seen + idx.numel()]), ys[seen:seen + idx.numel()]  # (B, 1, 28, 28) fp32, (B,)
         if augment_generator is not None:
-            x, y = random_distortion(x, y, augment_generator, printed)
+            x, y = random_distortion(x, y, augment_generator, printed, outliers)
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = criterion(model(x), y)
@@ -353,11 +358,18 @@ def _train(cfg, state, data, device, world, log):
                               f"({data.train_images.shape[0]} images)")
         data = MNIST(data.train_images[:cfg.train_subset], data.train_labels[:cfg.train_subset],
                      data.test_images, data.test_labels)
+    holdout = outliers = holdout_outliers = printed = None
+    if cfg.augment:  # the last training images are held out to calibrate (calibrate.py): never trained on
+        h = min(HOLDOUT, data.train_images.shape[0] // 10)
+        holdout = (data.train_images[-h:].to(device), data.train_labels[-h:].to(device))
+        data = MNIST(data.train_images[:-h], data.train_labels[:-h], data.test_images, data.test_labels)
     data = data.to(device)
-    printed = None
-    if cfg.augment:  # 80 printed digits (augment.py), normalized like the training images, on the device
+    if cfg.augment:  # 80 printed digits (augment.py) and a pool of non-digits (negatives.py), on the device
         images, labels = printed_digits()
         printed = (normalize(images.to(device)).float(), labels.to(device))
+        pool = min(OUTLIER_POOL, max(64, data.train_images.shape[0] // 16))
+        outliers = normalize(torch.from_numpy(negatives.make(pool, seed)).to(device)).float()
+        holdout_outliers = torch.from_numpy(negatives.make(max(64, pool // 6), seed + 1)).to(device)
     n = data.train_images.shape[0]
     if cfg.batch_size > n:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({n} images)")
@@ -403,7 +415,12 @@ def _train(cfg, state, data, device, world, log):
             trained, device_ids=[device.index] if device.type == "cuda" else None)
 
     def criterion(logits, y):  # (B, 10), (B,) -> mean loss; label smoothing 0 is the tutorial's plain cross-entropy
-        return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        if not cfg.augment:
+            return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        # outlier exposure: a non-digit (label -1) is pulled towards the uniform softmax
+        ce = F.cross_entropy(logits, y.clamp(min=0), label_smoothing=cfg.label_smoothing, reduction="none")  # (B,)
+        uniform = -F.log_softmax(logits.float(), dim=1).mean(1)  # (B,) cross-entropy to the uniform distribution
+        return torch.where(y >= 0, ce, OE_WEIGHT * uniform).mean()
 
     target = None if cfg.target_accuracy is None else cfg.target_accuracy / 100
 
@@ -412,8 +429,12 @@ def _train(cfg, state, data, device, world, log):
         augment_rngs = distributed.gather_objects(augment_generator.get_state(), world) if cfg.augment else []
         if not (cfg.save and world.main):
             return
-        if step == 0:  # a finished epoch: the plain checkpoint too
-            checkpoint.save(cfg.out, model, train_args(cfg), history)
+        if step == 0:  # a finished epoch: the plain checkpoint too, with its calibration if it has held-out data
+            trust = {}
+            if holdout is not None:
+                trust = {"trust": calibrate.calibrate(logits_of(model, holdout[0]).cpu(), holdout[1].cpu(),
+                                                      logits_of(model, holdout_outliers).cpu())}
+            checkpoint.save(cfg.out, model, train_args(cfg), history, **trust)
         resume.save_state(resume.state_path(cfg.out), {
             "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
             "model_config": cfg.model.to_dict(), "train_args": train_args(cfg),
@@ -463,7 +484,7 @@ def _train(cfg, state, data, device, world, log):
                       disable=cfg.quiet or not world.main or not sys.stderr.isatty()) as bar:
                 loss_sum, seen, steps = train_epoch(trained, opt, data.train_images, data.train_labels,
                                                     batches[skip:], dtype, bar, scheduler, criterion, on_step,
-                                                    stop, augment_generator, printed)
+                                                    stop, augment_generator, printed, outliers)
             if debug_dir:
                 with open(os.path.join(debug_dir, f"rank{world.rank}.txt"), "a") as f:
                     f.write(" ".join(map(str, torch.cat(batches[skip:skip + steps]).tolist())) + "\n")

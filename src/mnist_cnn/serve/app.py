@@ -2,7 +2,9 @@
 
     GET  /                 the page (static/index.html; app.js draws, calls the API, paints bars and maps)
     POST /api/predict      an image (multipart field `file`, or a raw image/* body) or JSON {"pixels": ...}
-                           -> {prediction, probabilities[10], input_28x28, activations?}
+                           -> {prediction, best_guess, is_digit, confidence, probabilities[10], number, digits,
+                               trust, input_28x28, activations?}; an uploaded row of digits is read digit by
+                               digit (number, digits with boxes); "not a digit" needs a calibrated checkpoint
     GET  /api/model        the loaded model: layer summary (shapes, params, MACs) and its training metrics
     GET  /api/sample       an MNIST test digit (?index=N, else a random one) with its true label
     GET  /healthz          {"status": "ok"} once the model is loaded
@@ -50,6 +52,7 @@ from starlette.concurrency import run_in_threadpool
 from mnist_cnn import checkpoint
 from mnist_cnn.data import normalize
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.predict.classifier import reading, trust_of
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 2 * 1024 * 1024  # bytes; larger request bodies get 413
@@ -77,6 +80,7 @@ class Engine:
 
         self.model_path = Path(model_path)
         self.model, self.meta = checkpoint.load(self.model_path)  # eval mode, on the CPU
+        self.trust = trust_of(self.meta)  # temperature and "not a digit" threshold, if the checkpoint has them
         self.summary = summary(self.model.cfg)
         self.data_dir = Path(data_dir)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -84,12 +88,16 @@ class Engine:
         self._test = None  # (images uint8 (N, 28, 28), labels int64 (N,)), loaded by test_set()
         self._test_lock = threading.Lock()
 
-    async def predict(self, image28: np.ndarray, with_activations: bool = False) -> dict:
-        """uint8 (28, 28) MNIST-style image -> the /api/predict answer."""
-        future = Future()
-        self._queue.put((image28, with_activations, future))
-        probs, acts = await asyncio.wrap_future(future)
-        out = {"prediction": int(np.argmax(probs)), "probabilities": probs, "input_28x28": image28.tolist()}
+    async def predict(self, image28: np.ndarray, with_activations: bool = False, parts=()) -> dict:
+        """uint8 (28, 28) MNIST-style image (and, for a number, its digits as [(box, uint8 (28, 28))]) -> the
+        /api/predict answer."""
+        futures = [Future() for _ in range(1 + (len(parts) if len(parts) > 1 else 0))]
+        for k, future in enumerate(futures):
+            self._queue.put((image28 if k == 0 else parts[k - 1][1], with_activations and k == 0, future))
+        answers = [await asyncio.wrap_future(f) for f in futures]
+        probs, acts = answers[0]
+        p = reading(self.trust, probs, image28, list(parts) or [(None, image28)], [a[0] for a in answers[1:]])
+        out = {**p.to_json(), "trust": self.trust["note"], "input_28x28": image28.tolist()}
         if acts is not None:
             out["activations"] = {name: encode_maps(acts[name]) for name in LAYERS}
         return out
@@ -108,11 +116,11 @@ class Engine:
                 x = normalize(torch.from_numpy(np.stack([image for image, _, _ in batch])))  # (B, 1, 28, 28)
                 if any(want for _, want, _ in batch):
                     acts = activations(self.model, x)  # {layer: (B, ...)}
-                    probs = acts["probs"]
+                    probs = F.softmax(acts["logits"] / self.trust["temperature"], dim=1)
                 else:
                     acts = None
                     with torch.inference_mode():
-                        probs = F.softmax(self.model(x), dim=1)  # (B, 10)
+                        probs = F.softmax(self.model(x) / self.trust["temperature"], dim=1)  # (B, 10)
                 rows = probs.tolist()
                 for k, (_, want, future) in enumerate(batch):
                     mine = {name: acts[name][k] for name in LAYERS} if want else None
@@ -143,6 +151,7 @@ class Engine:
             "train_args": self.meta.get("train_args", {}),
             "history": history,
             "saved_at": self.meta.get("saved_at"),
+            "trust": self.trust,
         }
 
 
@@ -162,15 +171,17 @@ def encode_maps(t: torch.Tensor) -> dict:
 # turning what a client sent into a 28x28 image, or a 4xx
 
 
-def image_from_upload(raw: bytes) -> np.ndarray:
-    """Bytes of an image file -> uint8 (28, 28) via preprocess. Empty, not an image, over preprocess's pixel
-    limit (a decompression bomb), truncated, blank -> 400 with preprocess's message."""
-    from mnist_cnn.predict.preprocess import load_image, to_mnist
+def image_from_upload(raw: bytes) -> tuple[np.ndarray, list]:
+    """Bytes of an image file -> (uint8 (28, 28) via preprocess, the digits in it as [(box, uint8 (28, 28))]).
+    Empty, not an image, over preprocess's pixel limit (a decompression bomb), truncated, blank -> 400 with
+    preprocess's message."""
+    from mnist_cnn.predict.classifier import prepare_all
 
     if not raw:
         raise HTTPException(400, "the uploaded file is empty")
     try:
-        return to_mnist(load_image(raw))
+        _, image28, parts = prepare_all(raw)
+        return image28, parts
     except MnistCnnError as e:
         raise HTTPException(400, str(e)) from None
 
@@ -286,9 +297,24 @@ class LayerMaps(BaseModel):
     data: str = Field(description="base64 of uint8 values, row-major; each map scaled to 0..255 by its max")
 
 
+class DigitOut(BaseModel):
+    prediction: int | None = Field(description="the digit; null if it does not look like one")
+    probabilities: list[float] = Field(description="softmax over the digits 0..9 (temperature-scaled if calibrated)")
+    box: list[int] | None = Field(description="(x0, y0, x1, y1) in the uploaded image; x1, y1 exclusive")
+    is_digit: bool | None = Field(description="null: the checkpoint has no 'not a digit' threshold")
+    confidence: float = Field(description="the largest probability")
+
+
 class PredictOut(BaseModel):
-    prediction: int = Field(description="the most probable digit")
-    probabilities: list[float] = Field(description="softmax over the digits 0..9; sums to 1")
+    prediction: int | None = Field(description="the digit; null if it does not look like one, or for a number")
+    best_guess: int | None = Field(description="the most probable digit, even when it does not look like one")
+    is_digit: bool | None = Field(description="false: not a digit; null: the checkpoint cannot tell (see trust)")
+    confidence: float = Field(description="the largest probability (for a number: the product over its digits)")
+    probabilities: list[float] | None = Field(description="softmax over the digits 0..9; sums to 1; null for a "
+                                                          "number")
+    number: str | None = Field(description='the digits read left to right ("4217"; "7" for one digit)')
+    digits: list[DigitOut] = Field(description="one reading per digit found, left to right")
+    trust: str = Field(description="what the checkpoint supports: calibration, 'not a digit' threshold")
     input_28x28: list[list[int]] = Field(description="the 28x28 image the network saw (0..255, white on black)")
     activations: dict[str, LayerMaps] | None = Field(None, description="only when asked for")
 
@@ -368,7 +394,7 @@ def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | P
             if not isinstance(body, dict) or "pixels" not in body:
                 raise HTTPException(422, 'JSON body must be an object {"pixels": [...]}')
             activations = activations or flag(body.get("activations", False))
-            image = image_from_pixels(body["pixels"])
+            image, parts = image_from_pixels(body["pixels"]), []
         elif kind == "multipart/form-data":
             try:
                 form = await request.form(max_files=1, max_fields=4)
@@ -380,12 +406,12 @@ def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | P
             if upload is None or isinstance(upload, str):
                 raise HTTPException(400, "multipart body needs an image file in the field 'file'")
             activations = activations or flag(form.get("activations", False))
-            image = await run_in_threadpool(image_from_upload, await upload.read())
+            image, parts = await run_in_threadpool(image_from_upload, await upload.read())
         elif kind.startswith("image/"):
-            image = await run_in_threadpool(image_from_upload, await request.body())
+            image, parts = await run_in_threadpool(image_from_upload, await request.body())
         else:
             raise HTTPException(415, "send JSON {\"pixels\": ...}, multipart with an image in 'file', or image/*")
-        return JSONResponse(await engine.predict(image, activations))
+        return JSONResponse(await engine.predict(image, activations, parts))
 
     api.mount("/static", StaticFiles(directory=STATIC), name="static")  # serves only files inside STATIC
     api.add_middleware(BodyLimit)
