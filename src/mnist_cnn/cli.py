@@ -65,8 +65,10 @@ def add_train(sub):
     add_reliability_flags(p)
     p.add_argument("--augment", action="store_true",
                    help="random rotation/shear/scale/shift, stroke weight and low resolution per image, a share of "
-                        "printed digits, and a one-cycle lr peaking at 2e-3 (unless --schedule/--lr are given): "
-                        "copes with real handwriting, fonts and tiny images")
+                        "printed digits, generated non-digits trained towards a flat softmax (outlier exposure), "
+                        "and a one-cycle lr peaking at 2e-3 (unless --schedule/--lr are given); holds out the last "
+                        "5,000 training digits to fit a temperature and a 'not a digit' threshold (docs/trust.md): "
+                        "copes with real handwriting, fonts, tiny images and things that are not digits")
     add_speed_flags(p)
     add_model_flags(p)
     p.set_defaults(func=cmd_train)

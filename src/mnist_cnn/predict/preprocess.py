@@ -50,11 +50,13 @@ CENTER = 14.0  # where MNIST's centre of mass sits, in pixel-index coordinates (
 
 
 # Ink is what stands out of the paper: over INK_SIGMAS robust standard deviations of the paper's noise (grain,
-# texture, JPEG ringing) and over MIN_CONTRAST of the full range, in at least MIN_INK_PIXELS pixels. A small or thin
-# digit (a 1 of 0.2% of a photo) is still ink; noise alone is not (Gaussian: 6 sigma is 1 pixel in 10^9).
-INK_SIGMAS = 6.0
+# texture, JPEG ringing) and over MIN_CONTRAST of the full range, in at least MIN_INK_PIXELS pixels and
+# MIN_INK_SHARE of the image. A small or thin digit (a 1 of 0.15% of a photo) is still ink; noise alone is not
+# (Gaussian: 7 sigma is 1 pixel in 10^12; JPEG's blocks have heavier tails: a few pixels of a 300x300 image).
+INK_SIGMAS = 7.0
 MIN_CONTRAST = 0.08
 MIN_INK_PIXELS = 4
+MIN_INK_SHARE = 2e-4
 
 
 class PreprocessError(MnistCnnError):
@@ -258,7 +260,7 @@ def remove_background(x: np.ndarray) -> np.ndarray:
     p10, p30 = np.percentile(x, [10, 30])  # paper, even where ink covers most of it
     noise = float(p30 - p10) / 0.757  # a Gaussian's 30th and 10th percentiles are 0.757 sigma apart
     ink = x[x > max(INK_SIGMAS * noise, MIN_CONTRAST)]  # what stands out of the paper's own grain
-    if ink.size < MIN_INK_PIXELS:  # nothing was drawn: one colour, or only the paper's texture and noise
+    if ink.size < max(MIN_INK_PIXELS, x.size * MIN_INK_SHARE):  # nothing drawn: one colour, or paper grain only
         return np.zeros_like(x)
     top = float(np.percentile(ink, 99))
     cut = max(4.0 * noise, 0.15 * top if min(x.shape) > 64 else 0.0)
