@@ -163,14 +163,24 @@ def segment(ink: np.ndarray) -> list[tuple[tuple[int, int, int, int], np.ndarray
     profile = mask.sum(axis=0)
     out = []
     for n, (x0, y0, x1, y1, _, _) in enumerate(info):
-        mine = _grow(labels == n + 1, RIM)
-        for a, b in _split(x0, x1, y1 - y0, profile):
-            part = np.zeros_like(ink)
-            part[:, a:b] = (ink * mine)[:, a:b]
-            rows = np.nonzero(part.max(axis=1) > STRONG)[0]
-            if rows.size:
-                out.append(((a, int(rows[0]), b, int(rows[-1]) + 1), part))
+        mine = ink * _grow(labels == n + 1, RIM)
+        pieces = _cut(mine, _split(x0, x1, y1 - y0, profile))
+        if len(pieces) > 1 and min(b[3] - b[1] for b, _ in pieces) < SHORT * (y1 - y0):
+            pieces = _cut(mine, [(x0, x1)])  # a cut that leaves a flag or a bar alone was not between digits
+        out += pieces
     return out if len(out) > 1 else whole
+
+
+def _cut(mine: np.ndarray, ranges: list[tuple[int, int]]) -> list[tuple[tuple[int, int, int, int], np.ndarray]]:
+    """One group's ink, cut into column ranges -> [(box, that range's ink alone)], empty ranges left out."""
+    out = []
+    for a, b in ranges:
+        part = np.zeros_like(mine)
+        part[:, a:b] = mine[:, a:b]
+        rows = np.nonzero(part.max(axis=1) > STRONG)[0]
+        if rows.size:
+            out.append(((a, int(rows[0]), b, int(rows[-1]) + 1), part))
+    return out
 
 
 def _one_row(info: list[tuple]) -> bool:
