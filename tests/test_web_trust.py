@@ -27,13 +27,17 @@ def page(server):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         page, problems, outside = open_page(browser, server, 1100, 1000)
-        yield page
-        assert problems == [] and outside == []
-        browser.close()
+        try:
+            yield page
+        finally:
+            browser.close()
+        assert problems == [] and outside == [], (problems, outside)
 
 
 def answered(page, before: int):
-    page.wait_for_function(f"+(document.body.dataset.updates || 0) > {before}")
+    """Wait for the answer to the finished drawing: a new answer, and none still coming."""
+    page.wait_for_function(f"+(document.body.dataset.updates || 0) > {before} && document.body.dataset.busy === '0'",
+                           timeout=60000)
 
 
 def updates(page) -> int:

@@ -22,6 +22,7 @@ function clearPad() {
   generation++;
   clearTimeout(timer);
   dirty = false;
+  document.body.dataset.busy = "0";
   clearBoxes();
 }
 
@@ -81,12 +82,13 @@ $("number-mode").addEventListener("change", () => {
 let timer = null, inFlight = false, dirty = false;
 
 function schedule() {
+  document.body.dataset.busy = "1";  // for tests: an answer is still coming
   clearTimeout(timer);
   timer = setTimeout(predictPad, DEBOUNCE_MS);
 }
 
 async function predictPad() {
-  if (!inked) return;  // a cleared pad asks nothing
+  if (!inked) { document.body.dataset.busy = "0"; return; }  // a cleared pad asks nothing
   if (inFlight) { dirty = true; return; }
   inFlight = true;
   try {
@@ -97,7 +99,7 @@ async function predictPad() {
     if (r && $("number-mode").checked) drawBoxes(r.digits || []);  // boxes are in the pad's pixels
   } finally {
     inFlight = false;
-    if (dirty) { dirty = false; predictPad(); }
+    if (dirty) { dirty = false; predictPad(); } else if (!drawing) document.body.dataset.busy = "0";
   }
 }
 
