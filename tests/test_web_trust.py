@@ -72,11 +72,12 @@ def test_non_digit_shows_not_a_digit_with_the_best_guess_small(page):
     n = updates(page)
     box = page.locator("#pad").bounding_box()
     x, y = box["x"], box["y"]
-    page.mouse.move(x + 60, y + 60)
+    page.eval_on_selector("#width", "e => { e.value = 40; e.dispatchEvent(new Event('input')); }")
+    page.mouse.move(x + 70, y + 70)
     page.mouse.down()
-    for k in range(9):  # a filled block, row by row: a blotch, not a digit
-        page.mouse.move(x + 220, y + 60 + 20 * k, steps=6)
-        page.mouse.move(x + 60, y + 70 + 20 * k, steps=6)
+    for k in range(8):  # a solid block, row by row with the widest pen: a blotch, not a digit
+        page.mouse.move(x + 210, y + 70 + 20 * k, steps=6)
+        page.mouse.move(x + 70, y + 70 + 20 * k, steps=6)
     page.mouse.up()
     answered(page, n)
     page.wait_for_function("document.body.dataset.isDigit !== ''")
