@@ -1,5 +1,5 @@
 """Fuzzing the parsers a user's file reaches, with hypothesis: each gives its result or its one error type, never
-anything else. Example counts are bounded so the file runs in well under a minute; README: Scale and reliability has the
+anything else. Example counts are bounded so the file runs in well under a minute; docs/reliability.md has the
 larger counts run once while developing and what they found.
 """
 
@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -96,13 +95,13 @@ def mutate(raw: bytes, data) -> bytes:
 
 
 def loads_or_refuses(load, path):
-    t0 = time.perf_counter()
+    """The loaded result, or None after one CheckpointError line. The files are a valid checkpoint with a few
+    hundred bytes changed: the work is bounded by their size, not by a clock."""
     try:
         result = load(path)
     except CheckpointError as e:
         assert "\n" not in str(e)
         result = None
-    assert time.perf_counter() - t0 < 10
     return result
 
 

@@ -7,9 +7,12 @@ Ctrl-C ends with status 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 
+from mnist_cnn.config import BENCH_SIDES, CONCEPT_TOPICS, DATASET_HELP, DATASETS, STUDY_GROUPS, ModelConfig, TrainConfig
 from mnist_cnn.errors import MnistCnnError
 
 
@@ -18,26 +21,95 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+# -----------------------------------------------------------------------------
+# flags generated from the config dataclasses (config.py), where every default and help text is written once
+
+
+def default_of(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def help_of(f: dataclasses.Field) -> str:
+    d = default_of(f)
+    shown = " ".join(map(str, d)) if isinstance(d, tuple) else d
+    return f.metadata.get("help", "") + ("" if d is None or isinstance(d, bool) else f" (default: {shown})")
+
+
+def flag_kind(kind, f: dataclasses.Field) -> dict:
+    """argparse's type, nargs or action for a field's annotation: bool, int, float, str, X | None, tuple[X, X],
+    list[X]."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None: the flag takes an X
+        kind = next(a for a in args if a is not type(None))
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction if default_of(f) else "store_true"}
+    extra = {k: f.metadata[k] for k in ("choices", "metavar") if f.metadata.get(k)}
+    if not extra:
+        extra["metavar"] = f.name.upper()
+    if typing.get_origin(kind) is tuple:
+        return {"type": typing.get_args(kind)[0], "nargs": len(typing.get_args(kind)), **extra}
+    if typing.get_origin(kind) is list:
+        return {"type": typing.get_args(kind)[0], "nargs": "+", **extra}
+    return {"type": kind, **extra}
+
+
+def add_config_flags(p, cls, prefix: str = "", groups: dict | None = None):
+    """--name-with-dashes for every field of the dataclass `cls`, nested dataclasses' fields too ("model.").
+    The default is argparse.SUPPRESS: a flag not given leaves nothing in args, so "given" is known
+    (given_flags), and the dataclass supplies the real default."""
+    groups = {} if groups is None else groups
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("flag", True):
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            add_config_flags(p, hints[f.name], f"{prefix}{f.name}.", groups)
+            continue
+        group = f.metadata.get("group")
+        if group is not None and group not in groups:
+            groups[group] = p.add_argument_group(group)
+        groups.get(group, p).add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{prefix}{f.name}",
+                                          default=argparse.SUPPRESS, help=help_of(f), **flag_kind(hints[f.name], f))
+
+
+def given_flags(args) -> dict:
+    """The config flags on the command line: {"lr": 0.001, "model.channels": [8, 16], ...}."""
+    return {k.removeprefix("cfg."): v for k, v in vars(args).items() if k.startswith("cfg.")}
+
+
+def build(cls, given: dict, prefix: str = ""):
+    """cls(...) from the given flags, every other field at its default; nested dataclasses likewise."""
+    hints, kw = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]) and f.metadata.get("flag", True):
+            kw[f.name] = build(hints[f.name], given, f"{prefix}{f.name}.")
+        elif prefix + f.name in given:
+            kw[f.name] = given[prefix + f.name]
+    return cls(**kw)
+
+
+def add_setting(p, name: str, cls=TrainConfig, **override):
+    """One config field's flag on a command other than `train` (evaluate's --precision, ...), with a plain
+    default taken from the dataclass."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    kw = {"default": default_of(f), "help": help_of(f), **flag_kind(typing.get_type_hints(cls)[name], f)}
+    p.add_argument(f"--{name.replace('_', '-')}", **{**kw, **override})
+
+
 def add_data_dir(p):
-    p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw/ (default: ./data)")
+    add_setting(p, "data_dir")
 
 
-def add_model_flags(p):
-    """The tutorial's architecture hyperparameters; defaults are the tutorial's."""
-    g = p.add_argument_group("model (defaults: the tutorial's network)")
-    g.add_argument("--channels", type=int, nargs=2, default=[32, 64], metavar=("C1", "C2"))
-    g.add_argument("--kernel-size", type=int, default=3)
-    g.add_argument("--pool-kernel", type=int, default=2)
-    g.add_argument("--pool-stride", type=int, default=2)
-    g.add_argument("--fc-units", type=int, default=128)
-    g.add_argument("--dropout", type=float, default=0.0)
+def add_dataset(p, for_checkpoint: bool = False):
+    """--dataset: a known name or your own folder (data.py). For a command that scores a checkpoint the default
+    is the dataset the checkpoint was trained on, and another one is refused."""
+    if for_checkpoint:
+        add_setting(p, "dataset", default=None, help=f"{DATASET_HELP} (default: the checkpoint's own dataset)")
+    else:
+        add_setting(p, "dataset")
 
 
-def model_config(args):
-    from mnist_cnn.model import ModelConfig
-
-    return ModelConfig(channels=tuple(args.channels), kernel_size=args.kernel_size, pool_kernel=args.pool_kernel,
-                       pool_stride=args.pool_stride, fc_units=args.fc_units, dropout=args.dropout)
+CHECKPOINT = TrainConfig.out  # what `train` writes by default, so what the other commands read by default
 
 
 def print_json(obj):
@@ -49,81 +121,31 @@ def print_json(obj):
 
 
 def add_train(sub):
-    p = sub.add_parser("train", help="train the CNN on MNIST and save a checkpoint")
-    add_data_dir(p)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    p.add_argument("--seed", type=int, default=None, help="makes a CPU run repeatable")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast where the hardware has native bf16, else fp32")
-    p.add_argument("--out", default="mnist_cnn_model.pth", help="checkpoint path (a .json is written beside it)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p = sub.add_parser("train", help="train the CNN on MNIST (or --dataset) and save a checkpoint")
+    add_config_flags(p, TrainConfig)  # every TrainConfig and ModelConfig field
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON at the end")
-    add_reliability_flags(p)
-    p.add_argument("--augment", action="store_true",
-                   help="random rotation/shear/scale/shift, stroke weight and low resolution per image, a share of "
-                        "printed digits, generated non-digits trained towards a flat softmax (outlier exposure), "
-                        "and a one-cycle lr peaking at 2e-3 (unless --schedule/--lr are given); holds out the last "
-                        "5,000 training digits to fit a temperature and a 'not a digit' threshold (docs/trust.md): "
-                        "copes with real handwriting, fonts, tiny images and things that are not digits")
-    add_speed_flags(p)
-    add_model_flags(p)
     p.set_defaults(func=cmd_train)
 
 
-def add_reliability_flags(p):
-    """Small budgets, repeatable runs, resuming (resume.py, distributed.py)."""
-    g = p.add_argument_group("scale and reliability (under torchrun, --batch-size is the global batch)")
-    g.add_argument("--train-subset", type=int, default=None, metavar="N",
-                   help="train on the first N training images only (quick runs, tests)")
-    g.add_argument("--deterministic", action="store_true",
-                   help="bit-identical weights for the same --seed on CPU (deterministic kernels; --seed 0 if none)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run saved beside --out (OUT.state.pt, written after every epoch)")
-
-
-def add_speed_flags(p):
-    """Recipes and time-to-accuracy (mnist_cnn.train.RECIPES); defaults are the tutorial's recipe."""
-    g = p.add_argument_group("speed (see README: Performance)")
-    g.add_argument("--recipe", choices=["tutorial", "fast"], default="tutorial",
-                   help="tutorial: the tutorial's recipe (default); fast: reach 99.0%% test accuracy soonest "
-                        "(1 epoch, batch 64, one-cycle Adam 6e-3, label smoothing 0.1, stop at 99.0%%)")
-    g.add_argument("--target-accuracy", type=float, default=None, metavar="PCT",
-                   help="stop as soon as the test accuracy reaches PCT (checked each epoch, and every "
-                        "--eval-every steps in the second half of the run)")
-    g.add_argument("--eval-every", type=int, default=0, metavar="STEPS")
-    g.add_argument("--schedule", choices=["constant", "onecycle"], default="constant")
-    g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: auto, fewer when the machine is busy)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (measured slower on CPU)")
-
-
-def speed_config(args) -> dict:
-    return dict(recipe=args.recipe, target_accuracy=args.target_accuracy, eval_every=args.eval_every,
-                schedule=args.schedule, label_smoothing=args.label_smoothing, threads=args.threads,
-                compile=args.compile)
+def train_config(args) -> TrainConfig:
+    """The flags given, every other setting at its default, and which ones were given (for recipes, resume)."""
+    given = given_flags(args)
+    return dataclasses.replace(build(TrainConfig, given), save=True, given=frozenset(given))
 
 
 def cmd_train(args):
     from mnist_cnn import checkpoint
     from mnist_cnn.distributed import env_world
-    from mnist_cnn.train import TrainConfig, train
+    from mnist_cnn.train import train
 
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                      seed=args.seed, device=args.device, precision=args.precision, data_dir=args.data_dir,
-                      out=args.out, quiet=args.quiet, train_subset=args.train_subset,
-                      deterministic=args.deterministic, resume=args.resume, save=True, model=model_config(args),
-                      augment=args.augment, **speed_config(args))
-    quiet_log = args.quiet or args.json
+    cfg = train_config(args)
+    quiet_log = cfg.quiet or args.json
     model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)  # saves after every epoch
     if not env_world().main:  # under torchrun only rank 0 speaks
         return
     if args.json:
         print_json({"checkpoint": cfg.out, "model": model.cfg.to_dict(), "history": history})
-    elif not args.quiet:
+    elif not cfg.quiet:
         print(f"saved {cfg.out} (+ {checkpoint.meta_path(cfg.out).name}); "
               f"final test accuracy {100 * history[-1]['test_accuracy']:.2f}%")
 
@@ -134,10 +156,10 @@ def cmd_train(args):
 
 def add_evaluate(sub):
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a checkpoint")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--model", default=CHECKPOINT)
     add_data_dir(p)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 where the hardware has native bf16 (agrees with fp32 to ~0.01%%)")
+    add_dataset(p, for_checkpoint=True)
+    add_setting(p, "precision", help="auto: bf16 where the hardware has native bf16 (agrees with fp32 to ~0.01%%)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -146,16 +168,17 @@ def cmd_evaluate(args):
     import torch
 
     from mnist_cnn import checkpoint
-    from mnist_cnn.data import load_mnist
     from mnist_cnn.evaluate import evaluate, format_report
     from mnist_cnn.train import pick_dtype
 
-    model, _ = checkpoint.load(args.model)
-    data = load_mnist(args.data_dir, quiet=args.json)
+    model, meta = checkpoint.load(args.model)
+    data = checkpoint.load_data(meta, args.model, args.dataset, args.data_dir, quiet=args.json)
     model = model.to(memory_format=torch.channels_last)
     ev = evaluate(model, data.test_images, data.test_labels, batch_size=1024,
                   dtype=pick_dtype(args.precision, next(model.parameters()).device))
-    print_json({"model": args.model, **ev}) if args.json else print(format_report(ev))
+    names = list(data.classes)
+    print_json({"model": args.model, "dataset": data.name, "classes": names, **ev}) if args.json \
+        else print(format_report(ev, names))
 
 
 # -----------------------------------------------------------------------------
@@ -165,6 +188,7 @@ def cmd_evaluate(args):
 def add_data(sub):
     p = sub.add_parser("data", help="fetch (if needed) and verify the MNIST files; print where they are")
     add_data_dir(p)
+    add_setting(p, "dataset", choices=DATASETS, metavar=None, help="which known dataset (default: mnist)")
     p.add_argument("--no-mirrors", action="store_true", help="skip the official mirrors; use the offline copy")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data)
@@ -173,14 +197,16 @@ def add_data(sub):
 def cmd_data(args):
     from mnist_cnn import data
 
-    d = data.ensure_mnist(args.data_dir, quiet=args.json, mirrors=not args.no_mirrors)
-    files = {name: {"path": str(d / name), "md5": md5s[0], "status": "ok"} for name, md5s in data.FILES.items()}
+    source = data.SOURCES[args.dataset]
+    d = data.ensure(source, args.data_dir, quiet=args.json, mirrors=not args.no_mirrors)
+    files = {name: {"path": str(d / name), "md5": md5s[0] or md5s[1], "status": "ok"}
+             for name, md5s in source.files.items()}
     if args.json:
-        print_json({"folder": str(d.resolve()), "files": files})
+        print_json({"dataset": source.name, "folder": str(d.resolve()), "files": files})
     else:
-        print(f"MNIST verified in {d.resolve()}")
-        for name in files:
-            print(f"  {name}  md5 {data.FILES[name][0]}  ok")
+        print(f"{'MNIST' if source.name == 'mnist' else source.name} verified in {d.resolve()}")
+        for name, f in files.items():
+            print(f"  {name}  md5 {f['md5']}{'' if source.files[name][0] else ' (.gz)'}  ok")
 
 
 # -----------------------------------------------------------------------------
@@ -189,10 +215,11 @@ def cmd_data(args):
 
 def add_serve(sub):
     p = sub.add_parser("serve", help="the web page: draw a digit, watch the network think (and a JSON API)")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     add_data_dir(p)
+    add_dataset(p, for_checkpoint=True)
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for the forward pass (default 1: one image is too small to split)")
     p.set_defaults(func=cmd_serve)
@@ -214,7 +241,7 @@ def cmd_serve(args):
         raise MnistCnnError(f"--port must be in 0..65535, got {args.port}")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(args.model, args.data_dir)  # loads the model once, now: a bad --model is one line
+    app = create_app(args.model, args.data_dir, args.dataset)  # loads the model now: a bad --model is one line
     try:  # bind here, so a busy port or bad host is one line too, not uvicorn's traceback
         info = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)
@@ -240,7 +267,7 @@ def add_summary(sub):
     p = sub.add_parser("summary", help="per-layer shapes, formulas, parameters, MACs, receptive fields")
     p.add_argument("--model", default=None, help="read the architecture from this checkpoint instead of the flags")
     p.add_argument("--json", action="store_true")
-    add_model_flags(p)
+    add_config_flags(p, ModelConfig, "model.")
     p.set_defaults(func=cmd_summary)
 
 
@@ -248,7 +275,7 @@ def cmd_summary(args):
     from mnist_cnn import checkpoint
     from mnist_cnn.insight.explain import format_summary, summary
 
-    cfg = checkpoint.load(args.model)[0].cfg if args.model else model_config(args)
+    cfg = checkpoint.load(args.model)[0].cfg if args.model else build(ModelConfig, given_flags(args), "model.")
     s = summary(cfg)
     print_json(s) if args.json else print(format_summary(s))
 
@@ -260,12 +287,14 @@ def cmd_summary(args):
 def add_explain(sub):
     p = sub.add_parser("explain", help="one figure of every layer's output, the softmax and a saliency map")
     p.add_argument("image", nargs="?", help="an image file (PNG, JPG, ...) of a digit")
-    p.add_argument("--test-index", type=int, default=None, help="use MNIST test image N instead of a file")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--test-index", type=int, default=None,
+                   help="use test image N of the checkpoint's dataset (or --dataset) instead of a file")
+    p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--out", default="explain.png", help="figure path (PNG)")
     p.add_argument("--filters", action="store_true", help="also draw the learned conv1/conv2 kernels "
                    "(to OUT with _filters before the suffix)")
     add_data_dir(p)
+    add_dataset(p, for_checkpoint=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_explain)
 
@@ -279,28 +308,30 @@ def cmd_explain(args):
 
     if (args.image is None) == (args.test_index is None):
         raise MnistCnnError("give exactly one of IMAGE or --test-index N")
-    model, _ = checkpoint.load(args.model)
+    model, meta = checkpoint.load(args.model)
+    names = checkpoint.class_names(meta, model.cfg.num_classes)
     label = None
     if args.test_index is not None:
-        from mnist_cnn.data import load_mnist, normalize
+        from mnist_cnn.data import normalize
 
-        data = load_mnist(args.data_dir, quiet=args.json)
+        data = checkpoint.load_data(meta, args.model, args.dataset, args.data_dir, quiet=args.json)
         n = data.test_images.shape[0]
         if not 0 <= args.test_index < n:
             raise MnistCnnError(f"--test-index must be in 0..{n - 1}, got {args.test_index}")
-        x = normalize(data.test_images[args.test_index:args.test_index + 1])  # (1, 1, 28, 28)
-        label, caption = int(data.test_labels[args.test_index]), f"MNIST test image {args.test_index}"
+        x = normalize(data.test_images[args.test_index:args.test_index + 1], model.cfg.mean, model.cfg.std)
+        label = int(data.test_labels[args.test_index])
+        caption = f"{'MNIST' if data.name == 'mnist' else data.name} test image {args.test_index}"
     else:
         try:
-            from mnist_cnn.predict.preprocess import preprocess
+            from mnist_cnn.predict.classifier import prepare
         except ImportError:
             raise MnistCnnError("explaining an image file needs Pillow (mnist_cnn.predict.preprocess); "
                                 "use --test-index N") from None
-        x, caption = preprocess(args.image), Path(args.image).name  # (1, 28, 28)
+        x, caption = prepare(args.image, model.cfg, names)[0], Path(args.image).name  # (1, 28, 28)
     out = Path(args.out)
     if not out.parent.is_dir():
         raise MnistCnnError(f"--out {out}: folder {out.parent} does not exist")
-    result = figure_explain(model, x, str(out), caption, label)
+    result = figure_explain(model, x, str(out), caption, label, names)
     if args.filters:
         result["filters_figure"] = str(out.with_name(out.stem + "_filters.png"))
         figure_filters(model, result["filters_figure"])
@@ -308,9 +339,9 @@ def cmd_explain(args):
         print_json(result)
     else:
         top = sorted(range(len(result["probabilities"])), key=lambda c: -result["probabilities"][c])[:3]
-        print(f"{caption}: predicted {result['prediction']} "
-              + ", ".join(f"p({c}) = {result['probabilities'][c]:.4f}" for c in top)
-              + ("" if label is None else f"; true label {label}"))
+        print(f"{caption}: predicted {names[result['prediction']]} "
+              + ", ".join(f"p({names[c]}) = {result['probabilities'][c]:.4f}" for c in top)
+              + ("" if label is None else f"; true label {names[label]}"))
         print(f"wrote {out}" + (f" and {result['filters_figure']}" if args.filters else ""))
 
 
@@ -318,15 +349,11 @@ def cmd_explain(args):
 # concepts
 
 
-CONCEPT_TOPICS = ("softmax", "loss", "tensors", "transforms", "batches", "conv", "pool", "output_size", "backprop",
-                  "zero_grad", "train_eval")  # = insight.concepts.TOPICS, spelled out so --help needs no torch
-
-
 def add_concepts(sub):
     p = sub.add_parser("concepts", help="the tutorial's worked examples (softmax, backprop, ...) , checked")
     p.add_argument("topic", nargs="?", choices=CONCEPT_TOPICS, metavar="TOPIC",
                    help="one of: " + ", ".join(CONCEPT_TOPICS) + " (default: all)")
-    p.add_argument("--model", default="mnist_cnn_model.pth", help="for output_size: compare with this model")
+    p.add_argument("--model", default=CHECKPOINT, help="for output_size: compare with this model")
     add_data_dir(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_concepts)
@@ -348,9 +375,10 @@ def cmd_concepts(args):
 
 def add_report(sub):
     p = sub.add_parser("report", help="confusion matrix, per-class accuracy, mistakes gallery, training curves")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--out", default="report", help="folder for the PNGs, report.txt and report.json")
     add_data_dir(p)
+    add_dataset(p, for_checkpoint=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -359,12 +387,11 @@ def cmd_report(args):
     from pathlib import Path
 
     from mnist_cnn import checkpoint
-    from mnist_cnn.data import load_mnist
     from mnist_cnn.errors import MnistCnnError
     from mnist_cnn.insight.report import report
 
     model, meta = checkpoint.load(args.model)
-    data = load_mnist(args.data_dir, quiet=args.json)
+    data = checkpoint.load_data(meta, args.model, args.dataset, args.data_dir, quiet=args.json)
     try:
         r = report(model, meta, data, args.out, title=Path(args.model).name)
     except OSError as e:
@@ -390,26 +417,30 @@ def add_study(sub):
     p.add_argument("--train-subset", type=int, default=None, help="train on this many images (default all; "
                    "--quick: 6000)")
     p.add_argument("--test-subset", type=int, default=None, help="test on the first N test images (default all)")
-    p.add_argument("--groups", nargs="+", default=["kernel", "pooling", "fc1", "channels", "optimizer"],
-                   metavar="GROUP", help="any of: kernel pooling fc1 channels optimizer (default: all)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--groups", nargs="+", default=list(STUDY_GROUPS), choices=STUDY_GROUPS, metavar="GROUP",
+                   help=f"any of: {' '.join(STUDY_GROUPS)} (default: all)")
+    add_setting(p, "device")
     p.add_argument("--out", default="study", help="folder for study.md, study.json, study.png")
+    add_setting(p, "log_dir", help="TensorBoard event files, one run per variant and seed: "
+                                   "DIR/<group>-<variant>/seed<k> (tensorboard --logdir DIR)")
     add_data_dir(p)
+    add_dataset(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_study)
 
 
 def cmd_study(args):
-    from mnist_cnn.data import load_mnist
+    from mnist_cnn.data import load_dataset
     from mnist_cnn.insight import study
 
     q = args.quick
     seeds = args.seeds if args.seeds is not None else (1 if q else 3)
     epochs = args.epochs if args.epochs is not None else (1 if q else 3)
     train_subset = args.train_subset if args.train_subset is not None else (6000 if q else None)
-    data = load_mnist(args.data_dir, quiet=args.json)
+    data = load_dataset(args.dataset, args.data_dir, quiet=args.json)
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
-    result = study.run(data, args.groups, seeds, epochs, train_subset, args.test_subset, args.device, log)
+    result = study.run(data, args.groups, seeds, epochs, train_subset, args.test_subset, args.device, log,
+                       args.log_dir)
     result["files"] = study.write(result, args.out)
     if args.json:
         print_json(result)
@@ -425,14 +456,16 @@ def cmd_study(args):
 def add_bench(sub):
     p = sub.add_parser("bench", help="time the tutorial's pipeline and ours side by side (table of ratios)")
     add_data_dir(p)
-    p.add_argument("--epochs", type=int, default=5, help="epochs for the reference and the tutorial recipe")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    add_setting(p, "epochs", help="epochs for the reference and the tutorial recipe (default: %(default)s)")
+    add_setting(p, "device")
     p.add_argument("--repeats", type=int, default=1, help="run each side N times; report the medians")
     p.add_argument("--target", type=float, default=99.0, metavar="PCT", help="the accuracy to time (percent)")
-    p.add_argument("--sides", nargs="+", choices=["tutorial", "ours", "fast"], default=["tutorial", "ours", "fast"])
+    p.add_argument("--sides", nargs="+", choices=BENCH_SIDES, default=list(BENCH_SIDES))
     p.add_argument("--quick", action="store_true",
                    help="tiny budget (20 batches per epoch, 1,280 test images): checks the plumbing, not speed")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--results", metavar="PATH", help="also write the raw figures, with machine, date, versions and "
+                   "command, as JSON to PATH (a folder: a file named by date and machine; see bench/results/)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -448,6 +481,12 @@ def cmd_bench(args):
     pick_device(args.device)  # a missing CUDA/MPS is a one-line error here, not in a child
     res = bench(args, log=(lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr)))
     print_json(res) if args.json else print(format_table(res))
+    if args.results:
+        from mnist_cnn.perf.results import write_results
+
+        path = write_results(args.results, "bench", res, n=args.repeats,
+                             n_is="runs of each side (every figure is their median)")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 # -----------------------------------------------------------------------------
@@ -457,30 +496,30 @@ def cmd_bench(args):
 def add_predict(sub):
     p = sub.add_parser("predict", help="classify your own digit images (any format, prepared the MNIST way)")
     p.add_argument("files", nargs="+", metavar="FILE", help="image files or folders (walked); - reads stdin")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
-    p.add_argument("--top-k", type=int, default=3, help="how many of the most probable digits to show (1-10)")
+    p.add_argument("--model", default=CHECKPOINT)
+    p.add_argument("--top-k", type=int, default=3, help="how many of the most probable classes to show (1-10)")
     p.add_argument("--json", action="store_true",
-                   help='a list of {"file", "prediction", "best_guess", "is_digit", "confidence", "probabilities", '
-                        '"number", "digits", "error"}, one per image')
+                   help='a list of {"file", "prediction", "label" (the class name), "best_guess", "is_digit", '
+                        '"confidence", "probabilities", "number", "digits", "error"}, one per image')
     p.add_argument("--save-input", metavar="DIR", help="write the 28x28 image the network saw, as PNG, into DIR")
     p.set_defaults(func=cmd_predict)
 
 
-NO_READING = ("prediction", "best_guess", "is_digit", "confidence", "probabilities", "number", "digits")
+NO_READING = ("prediction", "label", "best_guess", "is_digit", "confidence", "probabilities", "number", "digits")
 
 
-def describe(p, top_k: int) -> str:
+def describe(p, top_k: int, classes) -> str:
     """One line for `predict`: the digit, the number, or plainly that it does not look like a digit."""
     if p.is_number:
         digits = ", ".join(f"{d.digit} {100 * d.confidence:.1f}%" + (" (not a digit)" if d.is_digit is False else "")
                            for d in p.digits)
         read = "".join("?" if d.is_digit is False else str(d.digit) for d in p.digits)
         return f"number {read} ({len(p.digits)} digits: {digits})"
-    top = ", ".join(f"{d} {100 * q:.1f}%" for d, q in p.top(top_k))
+    top = ", ".join(f"{classes[d]} {100 * q:.1f}%" for d, q in p.top(top_k))
     if p.is_digit is False:
-        return (f"does not look like a digit (best guess {p.digit}, {100 * p.confidence:.1f}%, under the "
+        return (f"does not look like a digit (best guess {p.label}, {100 * p.confidence:.1f}%, under the "
                 f"threshold)  top-{top_k}: {top}")
-    return f"{p.digit} ({100 * p.confidence:.1f}%)  top-{top_k}: {top}"
+    return f"{p.label} ({100 * p.confidence:.1f}%)  top-{top_k}: {top}"
 
 
 def cmd_predict(args):
@@ -504,7 +543,7 @@ def cmd_predict(args):
             continue
         results.append({"file": name, **p.to_json(), "error": None})
         if not args.json:
-            print(f"{name}: {describe(p, args.top_k)}")
+            print(f"{name}: {describe(p, args.top_k, clf.classes)}")
     if args.json:
         print_json(results)
     elif not clf.trust["calibrated"] and any(r["error"] is None for r in results):
@@ -530,8 +569,12 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     import os
+
+    from mnist_cnn import GOMP_SPINCOUNT
+
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)  # process-level, so here and not on import: before torch
+    args = build_parser().parse_args(argv)
 
     speak = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports errors
     try:

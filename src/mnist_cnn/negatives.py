@@ -147,7 +147,7 @@ def draw_letter(rng, name: str | None = None) -> Image.Image:
     return _ink_image(rng, np.asarray(img, np.float32) / 255)
 
 
-def _doodle_points(rng, kind: str) -> list[np.ndarray]:
+def _doodle_points(rng, kind: str) -> list[np.ndarray]:  # noqa: C901 (one short case per kind)
     """Strokes (each (n, 2), in a unit box) of one doodle."""
     t = np.linspace(0, 2 * np.pi, 60)
     c = np.array([0.5, 0.5])

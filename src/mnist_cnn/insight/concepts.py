@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mnist_cnn.config import CONCEPT_TOPICS
 from mnist_cnn.errors import MnistCnnError
 
 
@@ -80,7 +81,7 @@ def softmax(ctx: Context) -> dict:
                   f"softmax = exp / sum = {fmt(p)}",
                   f"sum of softmax = {p.sum().item():.4f} (a probability distribution)",
                   f"argmax = {pred}: the first class is the prediction",
-                  "seed's [cat, dog, bird] = [0.10, 0.75, 0.15]: argmax = 1, 'dog'",
+                  "the tutorial's [cat, dog, bird] = [0.10, 0.75, 0.15]: argmax = 1, 'dog'",
                   f"our Net's output for one image has shape {tuple(out.shape)}: 10 scores for 10 digit classes"],
         "result": {"softmax": [round(v, 4) for v in p.tolist()], "sum": p.sum().item(), "argmax": pred,
                    "n_outputs": out.shape[1]},
@@ -448,8 +449,7 @@ def train_eval(ctx: Context) -> dict:
     }
 
 
-TOPICS = {f.__name__: f for f in (softmax, loss, tensors, transforms, batches, conv, pool, output_size, backprop,
-                                   zero_grad, train_eval)}
+TOPICS = {name: globals()[name] for name in CONCEPT_TOPICS}  # the functions above, in config's order
 
 
 def run(topic: str | None = None, ctx: Context | None = None) -> list[dict]:

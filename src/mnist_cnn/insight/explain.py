@@ -18,8 +18,8 @@ only compare). RF is the receptive field: how many input pixels (per side) one o
 pool2 the floor drops the last conv2 row and column, so the fully connected layers see input rows 0..25 only:
 the bottom two rows and right two columns of every digit are never looked at (MNIST keeps them blank anyway).
 
-`activations(model, x)` runs the trained model's submodules one by one and keeps every intermediate tensor,
-the raw material of the `explain` figure and of the web page's layer view.
+`activations(model, x)` runs the model's own forward pass with a trace (Net.forward(x, trace)) and keeps every
+intermediate tensor, the raw material of the `explain` figure and of the web page's layer view.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn.model import ModelConfig, Net, conv_out
+from mnist_cnn.config import conv_layers, conv_out
+from mnist_cnn.model import ModelConfig, Net
 
 # -----------------------------------------------------------------------------
 # activations: one forward pass, every intermediate kept
@@ -36,24 +37,25 @@ from mnist_cnn.model import ModelConfig, Net, conv_out
 def activations(model: Net, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """x: normalized (B, 1, 28, 28) -> {name: tensor} in forward order (input .. logits, probs), on x's device.
 
-    The model is put in eval mode (dropout off) and nothing is tracked for autograd.
+    The model is put in eval mode (dropout off) and nothing is tracked for autograd. conv1 and conv2 are shown
+    after their ReLU (Net pools first and applies ReLU after; the two orders give the same pool1 and pool2).
     """
     if x.dim() == 3:  # (1, 28, 28): one image, as preprocess() returns it
         x = x.unsqueeze(0)
     model.eval()
     device = next(model.parameters()).device
-    out = {}
+    trace = {}
     with torch.inference_mode():
         x = x.to(device, torch.float32)
-        out["input"] = x  # (B, 1, 28, 28)
-        out["conv1"] = F.relu(model.conv1(x))  # (B, C1, 26, 26)
-        out["pool1"] = model.pool(out["conv1"])  # (B, C1, 13, 13)
-        out["conv2"] = F.relu(model.conv2(out["pool1"]))  # (B, C2, 11, 11)
-        out["pool2"] = model.pool(out["conv2"])  # (B, C2, 5, 5)
-        out["fc1"] = F.relu(model.fc1(torch.flatten(out["pool2"], 1)))  # (B, 128)
-        out["logits"] = model.fc2(out["fc1"])  # (B, 10)
-        out["probs"] = F.softmax(out["logits"], dim=1)  # (B, 10), rows sum to 1
-    return out
+        logits = model(x, trace)  # trace: conv1, pool1, conv2, pool2, fc1, logits
+        return {"input": x,  # (B, 1, 28, 28)
+                "conv1": F.relu(trace["conv1"]),  # (B, C1, 26, 26)
+                "pool1": trace["pool1"],  # (B, C1, 13, 13)
+                "conv2": F.relu(trace["conv2"]),  # (B, C2, 11, 11)
+                "pool2": trace["pool2"],  # (B, C2, 5, 5)
+                "fc1": trace["fc1"],  # (B, 128)
+                "logits": logits,  # (B, 10)
+                "probs": F.softmax(logits, dim=1)}  # (B, 10), rows sum to 1
 
 
 # -----------------------------------------------------------------------------
@@ -76,27 +78,21 @@ def summary(cfg: ModelConfig = ModelConfig()) -> dict:
     ModelConfig itself refuses (ConfigError) a config whose feature map would shrink below 1x1, so any cfg
     that reaches here gives a valid network.
     """
-    c1, c2 = cfg.channels
-    k, pk, ps, side = cfg.kernel_size, cfg.pool_kernel, cfg.pool_stride, cfg.image_size
+    side = cfg.image_size
     layers = [{"name": "input", "type": "image", "output_shape": [1, side, side], "formula": "",
                "params": 0, "macs": 0, "receptive_field": 1}]
     rf, jump = 1, 1  # receptive field and distance in input pixels between neighbouring outputs
-
-    def spatial(name, kind, c_in, c_out, kernel, stride, pool):
-        nonlocal side, rf, jump
-        new = conv_out(side, kernel, stride)
-        rf, jump = rf + (kernel - 1) * jump, jump * stride
-        params = 0 if pool else c_out * c_in * kernel * kernel + c_out
-        macs = 0 if pool else c_out * new * new * c_in * kernel * kernel
-        layers.append({"name": name, "type": kind, "output_shape": [c_out, new, new],
-                       "formula": _size_formula(side, kernel, stride, 0, pool),
-                       "params": params, "macs": macs, "receptive_field": rf})
-        side = new
-
-    spatial("conv1", f"Conv2d({1}, {c1}, {k}) + ReLU", 1, c1, k, 1, False)
-    spatial("pool1", f"MaxPool2d({pk}, {ps})", c1, c1, pk, ps, True)
-    spatial("conv2", f"Conv2d({c1}, {c2}, {k}) + ReLU", c1, c2, k, 1, False)
-    spatial("pool2", f"MaxPool2d({pk}, {ps})", c2, c2, pk, ps, True)
+    for layer in conv_layers(cfg):  # conv1, pool1, conv2, pool2
+        k, c_in, c_out, side = layer.kernel, layer.c_in, layer.c_out, layer.side_out
+        rf, jump = rf + (k - 1) * jump, jump * layer.stride
+        params = 0 if layer.pool else c_out * c_in * k * k + c_out + 2 * c_out * cfg.batch_norm  # BN: weight, bias
+        extra = (f", padding={layer.padding}" if layer.padding else "") + (") + BatchNorm" if cfg.batch_norm else ")")
+        kind = f"MaxPool2d({k}, {layer.stride})" if layer.pool else f"Conv2d({c_in}, {c_out}, {k}{extra} + ReLU"
+        layers.append({"name": layer.name, "type": kind, "output_shape": [c_out, side, side],
+                       "formula": _size_formula(layer.side_in, k, layer.stride, layer.padding, layer.pool),
+                       "params": params,
+                       "macs": 0 if layer.pool else c_out * side * side * c_in * k * k, "receptive_field": rf})
+    c2 = cfg.channels[1]
     # the input pixels any fully connected unit can see: the span covered by the last feature map
     seen = min(cfg.image_size, (side - 1) * jump + rf)
     flat = c2 * side * side
@@ -153,8 +149,9 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None, steps: int 
 
     x: normalized (1, 28, 28) or (1, 1, 28, 28). Integrated Gradients (Sundararajan et al. 2017) averages the
     gradient along the straight path from a baseline to x and multiplies by (x - baseline); the baseline is a
-    blank MNIST canvas (pixel 0, i.e. -1 after normalization). Its attributions sum to logit(x) - logit(blank)
-    up to the Riemann-sum error, which `ig_check` reports. All 32 path points go through the network as one batch.
+    blank canvas (pixel 0: -1 after the tutorial's normalization, -mean/std after a model's own). Its
+    attributions sum to logit(x) - logit(blank) up to the Riemann-sum error, which `ig_check` reports. All 32
+    path points go through the network as one batch.
     """
     x = x.reshape(1, 1, *x.shape[-2:]).detach().float()
     model.eval()
@@ -165,7 +162,7 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None, steps: int 
         logits = model(xg)  # (1, 10)
         target = int(logits.argmax(1)) if target is None else int(target)
         (grad,) = torch.autograd.grad(logits[0, target], xg)  # (1, 1, 28, 28)
-        baseline = torch.full_like(x, -1.0)
+        baseline = torch.full_like(x, -model.cfg.mean / model.cfg.std)  # pixel 0, normalized as trained
         alphas = (torch.arange(steps, device=device, dtype=x.dtype) + 0.5) / steps  # midpoint rule
         path = (baseline + alphas.view(-1, 1, 1, 1) * (x - baseline)).requires_grad_(True)  # (steps, 1, 28, 28)
         path_logits = model(path)[:, target]
@@ -178,16 +175,17 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None, steps: int 
 
 
 # -----------------------------------------------------------------------------
-# figures (matplotlib, Agg: no display needed)
+# figures (matplotlib's object API drawn by Agg: no display needed, pyplot's backend and figure list untouched)
 
 
-def pyplot():
-    import matplotlib
+def new_figure(**kw):
+    """A matplotlib Figure (figsize=, layout=, ...) that savefig draws with Agg; nothing process-wide changes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def mosaic(maps: torch.Tensor, cols: int) -> torch.Tensor:
@@ -215,35 +213,21 @@ def _show_maps(ax, maps, title, cols, cmap="viridis", vmin=0.0, vmax=None, fig=N
     return im
 
 
-def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None) -> dict:
-    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers."""
-    plt = pyplot()
-    acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
+def _top_row(top, acts: dict, sal: dict, pred: int, names: list[str], norm: tuple[float, float]):
+    """figure_explain's first row: the input, its saliency and integrated gradients, the logits, the softmax."""
     probs, logits = acts["probs"], acts["logits"]
-    pred = int(probs.argmax())
-    sal = saliency(model, x, pred)
-    c1, c2 = acts["conv1"].shape[0], acts["conv2"].shape[0]
-    cols1 = 8 if c1 % 8 == 0 or c1 > 8 else c1
-    cols2 = 8 if c2 <= 64 else 16
-
-    fig = plt.figure(figsize=(17, 13.5), layout="constrained")
-    head = f"predicted {pred} with probability {float(probs[pred]):.3f}"
-    if label is not None:
-        head += f"   (true label {label}: {'correct' if label == pred else 'WRONG'})"
-    fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
-    top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
-
     ax = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
-    ax[0].imshow(acts["input"][0], cmap="gray", vmin=-1, vmax=1)
-    ax[0].set_title("input as the network sees it\n28x28, normalized to [-1, 1]", fontsize=10)
+    lo, hi = -norm[0] / norm[1], (1 - norm[0]) / norm[1]  # pixels 0 and 255, normalized as the model was trained
+    ax[0].imshow(acts["input"][0], cmap="gray", vmin=lo, vmax=hi)
+    ax[0].set_title(f"input as the network sees it\n28x28, normalized to [{lo:.3g}, {hi:.3g}]", fontsize=10)
     g = sal["gradient"].abs()
-    ax[1].imshow(acts["input"][0], cmap="gray", vmin=-1, vmax=1)
+    ax[1].imshow(acts["input"][0], cmap="gray", vmin=lo, vmax=hi)
     ax[1].imshow(g, cmap="hot", alpha=0.75, vmin=0, vmax=float(g.max()) or 1)
     ax[1].set_title(f"saliency: |d logit[{pred}] / d pixel|\n(input gradient)", fontsize=10)
     ig = sal["integrated_gradients"]
     lim = float(ig.abs().max()) or 1.0
     ax[2].imshow(ig, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    ax[2].set_title(f"integrated gradients for class {pred}\nred: pushes towards it, blue: against", fontsize=10)
+    ax[2].set_title(f"integrated gradients for class {names[pred]}\nred: pushes towards it, blue: against", fontsize=10)
     for a in ax[:3]:
         a.set_xticks([])
         a.set_yticks([])
@@ -252,16 +236,40 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[3].bar(classes, logits, color=colors)
     ax[3].axhline(0, color="black", linewidth=0.6)
     ax[3].set_title("logits (fc2 output, raw scores)", fontsize=10)
-    ax[3].set_xticks(classes)
-    ax[3].set_xlabel("digit")
+    rotate = 0 if all(len(n) <= 2 for n in names) else 60  # digits stay upright; "Ankle boot" is turned
+    ax[3].set_xticks(classes, names, rotation=rotate, fontsize=8 if rotate else None)
+    ax[3].set_xlabel("digit" if not rotate else "class")
     ax[4].bar(classes, probs, color=colors)
     ax[4].set_ylim(0, 1.3)
-    ax[4].set_xticks(classes)
-    ax[4].set_xlabel("digit")
+    ax[4].set_xticks(classes, names, rotation=rotate, fontsize=8 if rotate else None)
+    ax[4].set_xlabel("digit" if not rotate else "class")
     ax[4].set_ylabel("probability")
     ax[4].set_title("softmax(logits): sums to 1, argmax = prediction", fontsize=10)
-    ax[4].annotate(f"predicted {pred}\n{float(probs[pred]):.3f}", (pred, float(probs[pred])),
+    ax[4].annotate(f"predicted {names[pred]}\n{float(probs[pred]):.3f}", (pred, float(probs[pred])),
                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=9, weight="bold")
+
+
+def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None,
+                   names: list[str] | None = None) -> dict:
+    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers.
+    `names`: the class names (default: the class numbers, MNIST's digits)."""
+    acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
+    probs, logits = acts["probs"], acts["logits"]
+    pred = int(probs.argmax())
+    sal = saliency(model, x, pred)
+    c1, c2 = acts["conv1"].shape[0], acts["conv2"].shape[0]
+    cols1 = 8 if c1 % 8 == 0 or c1 > 8 else c1
+    cols2 = 8 if c2 <= 64 else 16
+
+    fig = new_figure(figsize=(17, 13.5), layout="constrained")
+    names = [str(c) for c in range(len(probs))] if names is None else list(names)
+    head = f"predicted {names[pred]} with probability {float(probs[pred]):.3f}"
+    if label is not None:
+        head += f"   (true label {names[label]}: {'correct' if label == pred else 'WRONG'})"
+    fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
+    top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
+
+    _top_row(top, acts, sal, pred, names, (model.cfg.mean, model.cfg.std))
 
     shape = lambda t: "x".join(map(str, t.shape))  # noqa: E731
     ax = mid.subplots(1, 2)
@@ -284,18 +292,17 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[2].set_yticks(range(0, n // fc_cols, 4), [str(fc_cols * r) for r in range(0, n // fc_cols, 4)])
     bot.colorbar(im, ax=ax[2], fraction=0.08, pad=0.03)
     fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return {"prediction": pred, "probabilities": probs.tolist(), "logits": logits.tolist(), "label": label,
+    return {"prediction": pred, "class_name": names[pred], "probabilities": probs.tolist(), "logits": logits.tolist(),
+            "label": label,
             "saliency_target": sal["target"], "ig_check": sal["ig_check"], "figure": str(out)}
 
 
 def figure_filters(model: Net, out: str) -> None:
     """The learned kernels: conv1 (C1 filters of 1 channel) and conv2 (C2 filters x C1 input channels)."""
-    plt = pyplot()
     w1 = model.conv1.weight.detach().cpu()[:, 0]  # (C1, K, K)
     w2 = model.conv2.weight.detach().cpu()  # (C2, C1, K, K)
     c2, c1, k, _ = w2.shape
-    fig = plt.figure(figsize=(16, 10), layout="constrained")
+    fig = new_figure(figsize=(16, 10), layout="constrained")
     fig.suptitle(f"Learned filters (the conv layers' learnable parameters), {k}x{k} kernels; "
                  "red positive, blue negative weights", fontsize=13)
     ax = fig.subplots(1, 2, width_ratios=[1, 1.3])
@@ -316,4 +323,3 @@ def figure_filters(model: Net, out: str) -> None:
     ax[1].set_yticks([(k + 1) * i + k / 2 for i in range(0, c2, 8)], range(0, c2, 8))
     fig.colorbar(im, ax=ax[1], fraction=0.035, pad=0.02)
     fig.savefig(out, dpi=80)
-    plt.close(fig)

@@ -1,4 +1,5 @@
-"""`mnist-cnn report`: how a trained model does on the 10,000 MNIST test digits, in numbers and pictures.
+"""`mnist-cnn report`: how a trained model does on the 10,000 test images of its dataset, in numbers and pictures.
+Classes are shown by name (MNIST's are its digits; Fashion-MNIST's "Sneaker", "Bag", ...).
 
 Writes into one folder:
     confusion.png     confusion matrix (counts, rows = true digit) beside per-class accuracy
@@ -17,18 +18,21 @@ from pathlib import Path
 import torch
 
 from mnist_cnn import calibrate
-from mnist_cnn.data import MNIST
-from mnist_cnn.evaluate import confusion_matrix, logits_of
-from mnist_cnn.insight.explain import pyplot
+from mnist_cnn import evaluate as evaluation
+from mnist_cnn.data import Data
+from mnist_cnn.evaluate import logits_of
+from mnist_cnn.insight.explain import new_figure
 
 
-def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
-    """Predictions on the test set -> accuracy, per-class accuracy, confusion, confused pairs, mistakes."""
+def analyse(model, data: Data, top_pairs: int = 10) -> dict:
+    """evaluate.analyse on the test set, plus the most confused pairs and the mistakes, most confident first,
+    and the dataset's name and class names."""
     logits = logits_of(model, data.test_images)  # (N, 10)
+    r = evaluation.analyse(logits, data.test_labels)
     probs = torch.softmax(logits, 1)
     labels = data.test_labels.to(logits.device)
     conf, preds = probs.max(1)
-    cm = confusion_matrix(labels, preds, logits.shape[1]).cpu()
+    cm = torch.tensor(r["confusion"])
     off = cm.clone().fill_diagonal_(0)
     order = off.flatten().argsort(descending=True)[:top_pairs]
     pairs = [{"true": int(i) // cm.shape[0], "predicted": int(i) % cm.shape[0], "count": int(off.flatten()[i])}
@@ -36,18 +40,17 @@ def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
     wrong = (preds != labels).nonzero().flatten()
     wrong = wrong[conf[wrong].argsort(descending=True)]  # most confident mistakes first
     return {
-        "n": int(labels.numel()),
-        "accuracy": (preds == labels).float().mean().item(),
+        **r,
+        "dataset": data.name,
+        "classes": list(data.classes),
         "errors": int(wrong.numel()),
-        "per_class_accuracy": (cm.diag() / cm.sum(1).clamp(min=1)).tolist(),
-        "confusion": cm.tolist(),
         "most_confused": pairs,
         "misclassified": [{"index": int(i), "true": int(labels[i]), "predicted": int(preds[i]),
                            "probability": float(conf[i]), "p_true": float(probs[i, labels[i]])} for i in wrong],
     }
 
 
-def calibration(model, data: MNIST, meta: dict) -> dict:
+def calibration(model, data: Data, meta: dict) -> dict:
     """Reliability before and after the checkpoint's temperature on the test set (no temperature: T = 1)."""
     from mnist_cnn.predict.classifier import trust_of
 
@@ -61,9 +64,9 @@ def calibration(model, data: MNIST, meta: dict) -> dict:
 
 
 def figure_reliability(c: dict, out: Path, title: str) -> None:
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 5), layout="constrained")
-    fig.suptitle(f"Reliability of {title} on the MNIST test set (15 confidence bins)", fontsize=13)
+    fig = new_figure(figsize=(11, 5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    fig.suptitle(f"Reliability of {title} on the test set (15 confidence bins)", fontsize=13)
     for ax, key, name in ((axes[0], "before", "plain softmax"),
                           (axes[1], "after", f"temperature {c['temperature']:.3f}" if c["calibrated"]
                            else "no temperature in this checkpoint")):
@@ -85,21 +88,22 @@ def figure_reliability(c: dict, out: Path, title: str) -> None:
         ax.set_ylim(0, 1.02)
         ax.legend(loc="upper left", fontsize=8)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def format_text(r: dict, history: list) -> str:
     lines = [f"test accuracy {100 * r['accuracy']:.2f}% ({r['n'] - r['errors']}/{r['n']}), {r['errors']} errors",
              "", "per-class accuracy:"]
-    cm = r["confusion"]
-    lines += [f"  {c}: {100 * a:6.2f}%  ({cm[c][c]}/{sum(cm[c])})" for c, a in enumerate(r["per_class_accuracy"])]
+    cm, names = r["confusion"], r["classes"]
+    digits = names == [str(c) for c in range(len(names))]
+    lines += [f"  {c}: {'' if digits else names[c] + ' '}{100 * a:6.2f}%  ({cm[c][c]}/{sum(cm[c])})"
+              for c, a in enumerate(r["per_class_accuracy"])]
     lines += ["", "most confused pairs (true -> predicted: count):"]
-    lines += [f"  {p['true']} -> {p['predicted']}: {p['count']}" for p in r["most_confused"]]
-    lines += ["", "confusion matrix (rows: true digit, columns: predicted):",
+    lines += [f"  {names[p['true']]} -> {names[p['predicted']]}: {p['count']}" for p in r["most_confused"]]
+    lines += ["", f"confusion matrix (rows: true {'digit' if digits else 'class'}, columns: predicted):",
               "      " + "".join(f"{c:>6}" for c in range(len(cm)))]
     lines += [f"  {t:>2}  " + "".join(f"{v:>6}" for v in row) for t, row in enumerate(cm)]
     lines += ["", "most confident mistakes (test index: true -> predicted, probability):"]
-    lines += [f"  #{m['index']}: {m['true']} -> {m['predicted']} ({m['probability']:.3f})"
+    lines += [f"  #{m['index']}: {names[m['true']]} -> {names[m['predicted']]} ({m['probability']:.3f})"
               for m in r["misclassified"][:10]]
     if history:
         lines += ["", "training history (from the checkpoint's JSON):",
@@ -112,10 +116,10 @@ def format_text(r: dict, history: list) -> str:
 
 
 def figure_confusion(r: dict, out: Path, title: str) -> None:
-    plt = pyplot()
     cm = torch.tensor(r["confusion"])
     k = cm.shape[0]
-    fig, ax = plt.subplots(1, 2, figsize=(14, 6.5), width_ratios=[1.25, 1], layout="constrained")
+    fig = new_figure(figsize=(14, 6.5), layout="constrained")
+    ax = fig.subplots(1, 2, width_ratios=[1.25, 1])
     fig.suptitle(f"{title}: test accuracy {100 * r['accuracy']:.2f}% on {r['n']:,} digits "
                  f"({r['errors']} errors)", fontsize=13)
     off = cm.clone().fill_diagonal_(0)
@@ -128,10 +132,11 @@ def figure_confusion(r: dict, out: Path, title: str) -> None:
                 ax[0].text(p, t, str(v), ha="center", va="center", fontsize=8 if diag else 9,
                            color="tab:green" if diag else ("white" if v > off.max() * 0.6 else "black"),
                            weight="bold" if diag else "normal")
-    ax[0].set_xticks(range(k))
-    ax[0].set_yticks(range(k))
-    ax[0].set_xlabel("predicted digit")
-    ax[0].set_ylabel("true digit")
+    names = r["classes"]
+    ax[0].set_xticks(range(k), names, rotation=0 if all(len(n) <= 2 for n in names) else 60)
+    ax[0].set_yticks(range(k), names)
+    ax[0].set_xlabel("predicted class")
+    ax[0].set_ylabel("true class")
     ax[0].set_title("confusion matrix: counts (green diagonal = correct; red shade = errors)", fontsize=10)
     fig.colorbar(im, ax=ax[0], fraction=0.04, label="errors")
     acc = [100 * a for a in r["per_class_accuracy"]]
@@ -139,45 +144,45 @@ def figure_confusion(r: dict, out: Path, title: str) -> None:
     lo = min(acc)
     ax[1].set_xlim(max(0, lo - (100 - lo) * 0.6 - 0.5), 100)
     ax[1].invert_yaxis()
-    ax[1].set_yticks(range(k))
-    ax[1].set_ylabel("true digit")
+    ax[1].set_yticks(range(k), names)
+    ax[1].set_ylabel("true class")
     ax[1].set_xlabel("accuracy (%)")
     ax[1].set_title("per-class accuracy (axis zoomed)", fontsize=10)
     for b, a in zip(bars, acc, strict=True):
         ax[1].text(b.get_width(), b.get_y() + b.get_height() / 2, f" {a:.2f}%", va="center", fontsize=9)
     worst = r["most_confused"][:5]
     if worst:
-        ax[1].text(0.02, -0.16, "most confused: " + ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})"
+        ax[1].text(0.02, -0.16, "most confused: " + ", ".join(f"{names[p['true']]}->{names[p['predicted']]} "
+                                                             f"({p['count']})"
                                                              for p in worst),
                    transform=ax[1].transAxes, fontsize=9)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def figure_misclassified(r: dict, images: torch.Tensor, out: Path, n: int = 40, cols: int = 10) -> None:
-    plt = pyplot()
     wrong = r["misclassified"][:n]
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.8), squeeze=False,
-                             layout="constrained")
-    fig.suptitle(f"Misclassified test digits: the {len(wrong)} most confident of {r['errors']} mistakes\n"
+    fig = new_figure(figsize=(1.45 * cols, 1.75 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    names = r["classes"]
+    fig.suptitle(f"Misclassified test images: the {len(wrong)} most confident of {r['errors']} mistakes\n"
                  "(true -> predicted, probability of the prediction; #test index)", fontsize=12)
     for ax in axes.flat:
         ax.axis("off")
     for ax, m in zip(axes.flat, wrong, strict=False):
         ax.imshow(images[m["index"]], cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(f"{m['true']} -> {m['predicted']}  {m['probability']:.2f}\n#{m['index']}", fontsize=9,
+        ax.set_title(f"{names[m['true']]} -> {names[m['predicted']]}  {m['probability']:.2f}\n#{m['index']}",
+                     fontsize=9 if max(len(names[m['true']]), len(names[m['predicted']])) <= 4 else 6,
                      color="tab:red")
     if not wrong:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=12)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def figure_curves(history: list, out: Path, title: str) -> None:
-    plt = pyplot()
     ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    fig = new_figure(figsize=(12, 4.5), layout="constrained")
+    ax = fig.subplots(1, 2)
     fig.suptitle(f"Training curves of {title} (from its checkpoint JSON)", fontsize=13)
     ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (mean over the epoch)")
     ax[0].plot(ep, [h["test_loss"] for h in history], "s-", label="test loss (after the epoch)")
@@ -197,10 +202,9 @@ def figure_curves(history: list, out: Path, title: str) -> None:
     for a in ax:
         a.set_xticks(ep)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
-def report(model, meta: dict, data: MNIST, out_dir: str | Path, title: str = "the model") -> dict:
+def report(model, meta: dict, data: Data, out_dir: str | Path, title: str = "the model") -> dict:
     """Analyse, write the figures, report.txt and report.json into out_dir; return the numbers and file names."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,7 +220,7 @@ def report(model, meta: dict, data: MNIST, out_dir: str | Path, title: str = "th
     files["reliability"] = out / "reliability.png"
     figure_reliability(r["calibration"], files["reliability"], title)
     c = r["calibration"]
-    text = format_text(r, history) + (f"\n\ncalibration (MNIST test, 15 bins): ECE {100 * c['ece_before']:.2f}% plain "
+    text = format_text(r, history) + (f"\n\ncalibration (test set, 15 bins): ECE {100 * c['ece_before']:.2f}% plain "
                                       f"softmax, {100 * c['ece_after']:.2f}% after temperature "
                                       f"{c['temperature']:.3f}; {c['note']}")
     files["text"] = out / "report.txt"

@@ -5,6 +5,12 @@
     p.prediction, p.is_digit, p.confidence             # the digit (None if it does not look like one), how sure
     p.digit, p.probabilities, p.image28                # the best guess, 10 softmax probabilities, what the net saw
     p.number, p.digits                                 # "4217" and one reading per digit, left to right
+    p.label                                            # the class's name ("7"; "Sneaker" for Fashion-MNIST)
+
+A model trained on another dataset (`train --dataset fashion-mnist`) names its classes ("Sneaker") from its
+checkpoint, normalizes with the statistics it was trained with, and, as its classes are not digits, prepares
+an image by fitting the whole picture into 28x28 (`to_square`) instead of MNIST's digit cropping (and no
+number segmentation).
 
 As the tutorial's Q&A says, the network's last layer gives 10 scores (logits); softmax turns them into a
 probability per class and the prediction is the largest. Images go through `mnist_cnn.predict.preprocess` first,
@@ -28,8 +34,9 @@ import numpy as np
 import torch
 
 from mnist_cnn import checkpoint
-from mnist_cnn.data import MEAN, STD
-from mnist_cnn.predict.preprocess import PreprocessError, ink_map, ink_to_mnist, load_image, normalize_image
+from mnist_cnn.data import DIGITS, denormalize
+from mnist_cnn.model import ModelConfig
+from mnist_cnn.predict.preprocess import PreprocessError, ink_map, ink_to_mnist, load_image, normalize_image, to_square
 from mnist_cnn.predict.segment import segment
 
 NO_TRUST = ("this checkpoint has no calibration and no 'not a digit' threshold (train it with `mnist-cnn train "
@@ -44,6 +51,7 @@ class Reading:
     image28: np.ndarray  # uint8 (28, 28): the MNIST-style image the network saw
     is_digit: bool | None = None  # None: the checkpoint cannot tell (no threshold)
     box: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) in the input image, x1 and y1 exclusive
+    label: str = ""  # the class's name: "7" for MNIST, "Sneaker" for Fashion-MNIST
 
     @property
     def confidence(self) -> float:
@@ -60,8 +68,8 @@ class Reading:
         return [(int(d), float(self.probabilities[d])) for d in order]
 
     def to_json(self) -> dict:
-        return {"prediction": self.prediction, "probabilities": self.probabilities, "box": self.box,
-                "is_digit": self.is_digit, "confidence": self.confidence}
+        return {"prediction": self.prediction, "label": self.label, "probabilities": self.probabilities,
+                "box": self.box, "is_digit": self.is_digit, "confidence": self.confidence}
 
 
 @dataclass
@@ -80,7 +88,7 @@ class Prediction(Reading):
     @property
     def number(self) -> str | None:
         """The digits read left to right ("4217"; "7" for one digit); None if any of them is not a digit."""
-        if not self.digits or any(d.is_digit is False for d in self.digits):
+        if not self.digits or any(d.is_digit is False or not (d.label or "0").isdigit() for d in self.digits):
             return None
         return "".join(str(d.digit) for d in self.digits)
 
@@ -91,7 +99,8 @@ class Prediction(Reading):
     def to_json(self) -> dict:
         """The fields `predict --json` and /api/predict share. For a number, the single-digit fields are null."""
         many = self.is_number
-        return {"prediction": self.prediction, "best_guess": None if many else self.digit,
+        return {"prediction": self.prediction, "label": None if many else self.label,
+                "best_guess": None if many else self.digit,
                 "is_digit": all(d.is_digit for d in self.digits) if many and self.is_digit is not None
                 else self.is_digit,
                 "confidence": self.number_confidence if many else self.confidence,
@@ -104,27 +113,33 @@ def _is_normalized_tensor(x) -> bool:
         and x.dim() in (2, 3) and x.numel() == 784
 
 
-def prepare(x) -> tuple[torch.Tensor, np.ndarray]:
-    """Anything predict accepts -> (normalized float32 (1, 28, 28), uint8 (28, 28) image)."""
-    t, image28, _ = prepare_all(x)
+def prepare(x, cfg: ModelConfig = ModelConfig(), classes=DIGITS) -> tuple[torch.Tensor, np.ndarray]:
+    """Anything predict accepts -> (normalized float32 (1, 28, 28), uint8 (28, 28) image), the way a model with
+    this config (its normalisation) and these classes (digits: MNIST's cropping; others: to_square) needs it."""
+    t, image28, _ = prepare_all(x, cfg, classes)
     return t, image28
 
 
-def prepare_all(x) -> tuple[torch.Tensor, np.ndarray, list[tuple[tuple, np.ndarray]]]:
+def prepare_all(x, cfg: ModelConfig = ModelConfig(), classes=DIGITS) -> tuple[torch.Tensor, np.ndarray, list]:
     """Anything predict accepts -> (the whole image normalized (1, 28, 28), its uint8 (28, 28), and the digits
-    found in it as [(box, uint8 (28, 28))]: several for a number, one for a digit (box None for a tensor))."""
+    found in it as [(box, uint8 (28, 28))]: several for a number, one for a digit (box None for a tensor or a
+    dataset of other things))."""
     if _is_normalized_tensor(x):
         t = x.detach().float().cpu().reshape(1, 28, 28)
-        image28 = ((t[0] * STD + MEAN) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+        image28 = denormalize(t[0], cfg.mean, cfg.std).numpy()
         return t, image28, [(None, image28)]
+    if tuple(classes) != DIGITS:
+        image28 = to_square(load_image(x))
+        return normalize_image(image28, cfg.mean, cfg.std), image28, [(None, image28)]
     ink = ink_map(load_image(x))  # (H, W): paper 0, ink up to 1
     parts = segment(ink)
     if not parts:
         raise PreprocessError("no ink found: the image is blank (one colour, or contrast too low)")
     image28 = ink_to_mnist(ink)
+    whole = normalize_image(image28, cfg.mean, cfg.std)
     if len(parts) == 1:
-        return normalize_image(image28), image28, [(parts[0][0], image28)]
-    return normalize_image(image28), image28, [(box, ink_to_mnist(part)) for box, part in parts]
+        return whole, image28, [(parts[0][0], image28)]
+    return whole, image28, [(box, ink_to_mnist(part)) for box, part in parts]
 
 
 def trust_of(meta: dict) -> dict:
@@ -143,6 +158,7 @@ class Classifier:
         self.meta = meta or {}
         self.device = torch.device(device)
         self.trust = trust_of(self.meta)
+        self.classes = checkpoint.class_names(self.meta, model.cfg.num_classes)  # class k's name
 
     @classmethod
     def load(cls, path: str | Path = "mnist_cnn_model.pth", device: str | torch.device = "cpu") -> Classifier:
@@ -160,16 +176,17 @@ class Classifier:
 
     def predict_batch(self, xs) -> list[Prediction]:
         """Many images in one forward pass. A bad image raises PreprocessError (naming it) before any work."""
-        prepared = [prepare_all(x) for x in xs]
+        cfg = self.model.cfg
+        prepared = [prepare_all(x, cfg, self.classes) for x in xs]
         if not prepared:
             return []
         wholes = [t for t, _, _ in prepared]
-        parts = [normalize_image(img) for _, _, ps in prepared if len(ps) > 1 for _, img in ps]
+        parts = [normalize_image(img, cfg.mean, cfg.std) for _, _, ps in prepared if len(ps) > 1 for _, img in ps]
         probs = self.probabilities(torch.stack(wholes + parts)).tolist()  # (B + digits of numbers, 10)
         out, k = [], len(wholes)
         for i, (_, image28, ps) in enumerate(prepared):
             many = len(ps) if len(ps) > 1 else 0
-            out.append(reading(self.trust, probs[i], image28, ps, probs[k:k + many]))
+            out.append(reading(self.trust, probs[i], image28, ps, probs[k:k + many], self.classes))
             k += many
         return out
 
@@ -179,14 +196,16 @@ def is_digit(trust: dict, probs: list[float]) -> bool | None:
     return None if trust["threshold"] is None else max(probs) >= trust["threshold"]
 
 
-def reading(trust: dict, probs: list[float], image28: np.ndarray, parts: list[tuple], part_probs: list) -> Prediction:
+def reading(trust: dict, probs: list[float], image28: np.ndarray, parts: list[tuple], part_probs: list,
+            classes=DIGITS) -> Prediction:
     """The whole image's probabilities and, for a number, each digit's -> a Prediction (also used by serve)."""
-    p = Prediction(int(np.argmax(probs)), probs, image28, is_digit(trust, probs), parts[0][0] if len(parts) == 1
-                   else None)
+    best = int(np.argmax(probs))
+    p = Prediction(best, probs, image28, is_digit(trust, probs), parts[0][0] if len(parts) == 1 else None,
+                   classes[best])
     if len(parts) == 1:
-        p.digits = [Reading(p.digit, probs, image28, p.is_digit, parts[0][0])]
+        p.digits = [Reading(best, probs, image28, p.is_digit, parts[0][0], classes[best])]
     else:
-        p.digits = [Reading(int(np.argmax(q)), q, img, is_digit(trust, q), box)
+        p.digits = [Reading(int(np.argmax(q)), q, img, is_digit(trust, q), box, classes[int(np.argmax(q))])
                     for (box, img), q in zip(parts, part_probs, strict=True)]
     return p
 

@@ -27,21 +27,20 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from mnist_cnn.data import MEAN, STD
+from mnist_cnn.data import MEAN, STD, normalize
 from mnist_cnn.errors import MnistCnnError
 
 # A decompression bomb (a small file that decodes to gigapixels) must not take the machine down. 40 Mpx is
-# far above any digit photo (a 3000x3000 scan is 9 Mpx) and a 40 Mpx grayscale decode is 40 MB.
+# far above any digit photo (a 3000x3000 scan is 9 Mpx) and a 40 Mpx grayscale decode is 40 MB. Checked here,
+# from the header, before any pixel is decoded: Pillow's own process-wide limits (Image.MAX_IMAGE_PIXELS, ~89 Mpx
+# for its warning, twice that for its error) are left as the application set them.
 MAX_PIXELS = 40_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and refuses above twice this; we refuse above it
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently half-grey
 
 BOX = 20  # MNIST's digits fit a 20x20 box ...
 SIDE = 28  # ... centred by mass in a 28x28 field
@@ -129,17 +128,15 @@ def load_image(source) -> Image.Image:
 def _decode(raw: bytes, name: str) -> Image.Image:
     """Bytes -> decoded PIL image. The size is checked from the header before any pixel is decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise PreprocessError(f"{name}: image of {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit "
-                                      f"(a decompression bomb?)")
-            img.load()  # decode now, so a truncated file fails here and not later
+        img = Image.open(io.BytesIO(raw))  # reads the header only
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise PreprocessError(f"{name}: image of {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit "
+                                  f"(a decompression bomb?)")
+        img.load()  # decode now, so a truncated file fails here and not later (Pillow's default; we change none)
     except PreprocessError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning: under -W error
         raise PreprocessError(f"{name}: image is over the {MAX_PIXELS:,} pixel limit (a decompression bomb?)") from None
     except UnidentifiedImageError:
         raise PreprocessError(f"{name}: not an image Pillow can read") from None
@@ -379,9 +376,26 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     return ink_to_mnist(ink_map(image))
 
 
-def normalize_image(image28: np.ndarray) -> torch.Tensor:
-    """uint8 (28, 28) -> float32 (1, 28, 28), exactly as training: ToTensor then Normalize((0.5,), (0.5,))."""
-    return torch.from_numpy(image28.astype(np.float32)).div_(255.0).sub_(MEAN).div_(STD).unsqueeze(0)
+def to_square(image: Image.Image) -> np.ndarray:
+    """PIL image -> uint8 (28, 28) for datasets that are not digits (Fashion-MNIST and the like): bright object
+    on black, the whole picture scaled to fit 28x28 (aspect kept, area average) and centred. No ink cropping
+    or stroke work: a photo of a shoe is not a pen stroke. A 28x28 image that is already bright-on-black passes
+    through unchanged."""
+    x = white_on_black(to_grayscale(flatten_transparency(image)))  # (H, W) in [0, 1], background dark
+    h, w = x.shape
+    scale = SIDE / max(h, w)
+    small = Image.fromarray(x.astype(np.float32)).resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX if scale < 1 else UPSCALE)
+    out = np.zeros((SIDE, SIDE), np.float32)
+    sh, sw = small.size[1], small.size[0]
+    out[(SIDE - sh) // 2:(SIDE - sh) // 2 + sh, (SIDE - sw) // 2:(SIDE - sw) // 2 + sw] = np.asarray(small)
+    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def normalize_image(image28: np.ndarray, mean: float = MEAN, std: float = STD) -> torch.Tensor:
+    """uint8 (28, 28) -> float32 (1, 28, 28), exactly as training (data.normalize; the tutorial's 0.5/0.5 unless
+    the model was trained with its dataset's own statistics)."""
+    return normalize(torch.from_numpy(image28), mean, std)
 
 
 def preprocess(source) -> torch.Tensor:

@@ -65,7 +65,9 @@ for (const end of ["pointerup", "pointercancel"]) {
 }
 
 $("width").addEventListener("input", () => { $("width-out").textContent = $("width").value; });
-$("clear").addEventListener("click", () => { clearPad(); resetResult(); });
+$("clear").addEventListener("click", () => {
+  clearPad(); resetResult(); document.dispatchEvent(new CustomEvent("mnist:clear"));
+});
 
 // number mode: a wider pad for several digits side by side, read digit by digit (boxes drawn over the pad)
 $("number-mode").addEventListener("change", () => {
@@ -174,6 +176,7 @@ function render(r) {
   document.body.dataset.prediction = r.prediction ?? (r.number ?? "none");  // for tests: the page has an answer
   document.body.dataset.isDigit = String(r.is_digit);
   document.body.dataset.number = r.number ?? "";
+  document.dispatchEvent(new CustomEvent("mnist:result", { detail: r }));  // learn.js explains this answer
   document.body.dataset.updates = (+(document.body.dataset.updates || 0) + 1).toString();
   say("Keep drawing: the answer follows every stroke.");
 }
