@@ -93,7 +93,8 @@ def test_cli_json_shape_and_per_file_errors(untrained, tmp_path):
     out = json.loads(proc.stdout)
     assert isinstance(out, list) and len(out) == 1 + len(expected)
     for r in out:
-        assert set(r) == {"file", "prediction", "label", "probabilities", "error"}
+        assert set(r) == {"file", "prediction", "label", "best_guess", "is_digit", "confidence", "probabilities",
+                          "number", "digits", "error"}
     first, rest = out[0], {r["file"].split("/")[-1]: r for r in out[1:]}
     assert first["error"] is None and first["prediction"] in range(10)
     assert len(first["probabilities"]) == 10 and sum(first["probabilities"]) == pytest.approx(1, abs=1e-5)

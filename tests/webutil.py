@@ -104,3 +104,42 @@ def serve(model: Path, data_dir: Path, log_path: Path, port: int | None = None, 
             proc.wait()
             raise AssertionError("server did not stop on SIGINT within 15 s") from None
         log.close()
+
+
+def trust_model(directory: Path, mnist) -> Path:
+    """Like tiny_model, with what `train --augment` adds for trust: non-digits (negatives.py, 400 of them) trained
+    towards a uniform softmax, and a temperature and "not a digit" threshold fitted on 1,000 held-out training
+    digits (calibrate.py), written to the checkpoint's JSON. Two passes over 6k digits; made once per session."""
+    from mnist_cnn import calibrate, checkpoint, negatives
+    from mnist_cnn.data import normalize
+    from mnist_cnn.evaluate import logits_of
+    from mnist_cnn.model import Net
+
+    path = directory / "web-trust.pth"
+    if path.exists():
+        return path
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    images, labels = mnist.train_images[:6000], mnist.train_labels[:6000]
+    others = normalize(torch.from_numpy(negatives.make(400, seed=0)))  # (400, 1, 28, 28)
+    for _ in range(2):
+        for k, i in enumerate(range(0, len(images), 100)):
+            odd = others[(20 * k) % 400:(20 * k) % 400 + 20]
+            logits = model(torch.cat([normalize(images[i:i + 100]), odd]))
+            loss = F.cross_entropy(logits[:100], labels[i:i + 100]) \
+                + 0.5 * 20 / 120 * -F.log_softmax(logits[100:], 1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    trust = calibrate.calibrate(logits_of(model, mnist.train_images[50000:51000]), mnist.train_labels[50000:51000],
+                                logits_of(model, torch.from_numpy(negatives.make(100, seed=1))))
+    with torch.no_grad():
+        acc = (model(normalize(mnist.test_images[:1000])).argmax(1) == mnist.test_labels[:1000]).float().mean()
+    torch.set_num_threads(threads)
+    checkpoint.save(path, model, {"epochs": 2, "subset": 6000}, [{"epoch": 2, "test_accuracy": float(acc),
+                                                                 "note": "tests' tiny model with trust"}], trust=trust)
+    return path

@@ -51,6 +51,8 @@ LOW_RES_SIDES = range(7, 13)  # the 28x28 field shrunk to this side: the 20 px d
 PRINTED = 1 / 8
 PRINTED_FACES = ("STIXGeneral", "STIXGeneralBol", "STIXGeneralItalic", "STIXGeneralBolIta",  # Times-like
                  "cmr10", "cmb10", "cmss10", "cmtt10")  # Computer Modern roman, bold, sans, typewriter
+OUTLIERS = 1 / 8  # share of each batch replaced by non-digits (negatives.py) when a pool of them is given
+OUTLIER_LABEL = -1  # their label: the criterion trains them towards a uniform softmax (outlier exposure)
 BACKGROUND = -1.0  # the normalized value of a black pixel: (0/255 - 0.5) / 0.5
 
 
@@ -121,19 +123,28 @@ def printed_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
             printed: tuple[torch.Tensor, torch.Tensor] | None = None,
+            outliers: torch.Tensor | None = None,
             norm: tuple[float, float] = (0.5, 0.5)) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalized batch (B, 1, 28, 28) (with `norm` = (mean, std): the tutorial's 0.5/0.5 puts the background
     at -1), labels (B,) -> the batch randomly distorted, labels.
 
     With `printed` (normalized images (P, 1, 28, 28) and labels (P,) on x's device), the first B * PRINTED images
-    of the (already shuffled) batch are first replaced by randomly chosen printed digits.
+    of the (already shuffled) batch are first replaced by randomly chosen printed digits; with `outliers`
+    (normalized non-digits (Q, 1, 28, 28) on x's device), the next B * OUTLIERS by non-digits labelled
+    OUTLIER_LABEL.
     """
     n = x.shape[0]
+    k = 0
     if printed is not None:
         k = round(n * PRINTED)
         pick = torch.randint(len(printed[1]), (k,), generator=generator).to(x.device)  # (k,)
         x = torch.cat([printed[0][pick].to(x.dtype), x[k:]])
         y = torch.cat([printed[1][pick], y[k:]])
+    if outliers is not None:
+        j = round(n * OUTLIERS)
+        pick = torch.randint(len(outliers), (j,), generator=generator).to(x.device)  # (j,)
+        x = torch.cat([x[:k], outliers[pick].to(x.dtype), x[k + j:]])
+        y = torch.cat([y[:k], torch.full((j,), OUTLIER_LABEL, dtype=y.dtype, device=y.device), y[k + j:]])
     theta = random_affine_matrices(n, generator, x.shape[-1]).to(x.device, x.dtype)  # (B, 2, 3)
     w = _uniform(n, *WEIGHT, generator).to(x.device, x.dtype)  # (B,)
     lo, hi = LOW_RES_SIDES.start, LOW_RES_SIDES.stop

@@ -520,10 +520,27 @@ def add_predict(sub):
     p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--top-k", type=int, default=3, help="how many of the most probable classes to show (1-10)")
     p.add_argument("--json", action="store_true",
-                   help='a list of {"file", "prediction", "label" (the class name), "probabilities", "error"}, '
-                        'one per image')
+                   help='a list of {"file", "prediction", "label" (the class name), "best_guess", "is_digit", '
+                        '"confidence", "probabilities", "number", "digits", "error"}, one per image')
     p.add_argument("--save-input", metavar="DIR", help="write the 28x28 image the network saw, as PNG, into DIR")
     p.set_defaults(func=cmd_predict)
+
+
+NO_READING = ("prediction", "label", "best_guess", "is_digit", "confidence", "probabilities", "number", "digits")
+
+
+def describe(p, top_k: int, classes) -> str:
+    """One line for `predict`: the digit, the number, or plainly that it does not look like a digit."""
+    if p.is_number:
+        digits = ", ".join(f"{d.digit} {100 * d.confidence:.1f}%" + (" (not a digit)" if d.is_digit is False else "")
+                           for d in p.digits)
+        read = "".join("?" if d.is_digit is False else str(d.digit) for d in p.digits)
+        return f"number {read} ({len(p.digits)} digits: {digits})"
+    top = ", ".join(f"{classes[d]} {100 * q:.1f}%" for d, q in p.top(top_k))
+    if p.is_digit is False:
+        return (f"does not look like a digit (best guess {p.label}, {100 * p.confidence:.1f}%, under the "
+                f"threshold)  top-{top_k}: {top}")
+    return f"{p.label} ({100 * p.confidence:.1f}%)  top-{top_k}: {top}"
 
 
 def cmd_predict(args):
@@ -541,17 +558,17 @@ def cmd_predict(args):
                 save_input(p.image28, args.save_input, name, saved)
         except MnistCnnError as e:
             msg = str(e) if str(e).startswith(name) else f"{name}: {e}"
-            results.append({"file": name, "prediction": None, "label": None, "probabilities": None, "error": msg})
+            results.append({"file": name, **dict.fromkeys(NO_READING), "error": msg})
             if not args.json:
                 print(f"mnist-cnn predict: error: {msg}", file=sys.stderr)
             continue
-        results.append({"file": name, "prediction": p.digit, "label": p.label, "probabilities": p.probabilities,
-                        "error": None})
+        results.append({"file": name, **p.to_json(), "error": None})
         if not args.json:
-            top = ", ".join(f"{clf.classes[d]} {100 * q:.1f}%" for d, q in p.top(args.top_k))
-            print(f"{name}: {p.label} ({100 * p.probabilities[p.digit]:.1f}%)  top-{args.top_k}: {top}")
+            print(f"{name}: {describe(p, args.top_k, clf.classes)}")
     if args.json:
         print_json(results)
+    elif not clf.trust["calibrated"] and any(r["error"] is None for r in results):
+        print(f"note: {clf.trust['note']}", file=sys.stderr)
     failed = sum(r["error"] is not None for r in results)
     if failed:
         raise MnistCnnError(f"{failed} of {len(results)} images could not be read as a digit")

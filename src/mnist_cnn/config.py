@@ -210,8 +210,11 @@ class TrainConfig:
     out: str = setting("mnist_cnn_model.pth", "checkpoint path (a .json is written beside it)")
     quiet: bool = setting(False, "no progress bars or per-epoch lines")
     augment: bool = setting(False, "random rotation/shear/scale/shift, stroke weight and low resolution per image, "
-                                   "a share of printed digits, and a one-cycle lr peaking at 2e-3 (unless "
-                                   "--schedule/--lr are given): copes with real handwriting, fonts and tiny images")
+                                   "a share of printed digits, generated non-digits trained towards a flat softmax, "
+                                   "and a one-cycle lr peaking at 2e-3 (unless --schedule/--lr are given); on digits "
+                                   "holds out the last 5,000 training images to fit a temperature and a 'not a "
+                                   "digit' threshold (docs/trust.md): copes with real handwriting, fonts, tiny "
+                                   "images and things that are not digits")
     augment_style: str = setting("handwriting", "light: only a small shift, rotation and zoom (and a mirror on "
                                                 "fashion-mnist), as --recipe best uses", choices=AUGMENT_STYLES)
     train_subset: int | None = setting(None, "train on the first N training images only (quick runs, tests)",

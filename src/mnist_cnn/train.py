@@ -28,16 +28,20 @@ from functools import cache, partial
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn import distributed, resume
+from mnist_cnn import calibrate, distributed, negatives, resume
 from mnist_cnn.augment import MIRRORED, printed_digits
 from mnist_cnn.augment import augment as random_distortion
 from mnist_cnn.augment import light as light_distortion
 from mnist_cnn.config import AUGMENT, RECIPES, TrainConfig, apply_recipe  # noqa: F401  (importers)
 from mnist_cnn.data import DIGITS, MEAN, STD, Data, load_dataset, normalize, pixel_stats
 from mnist_cnn.errors import CheckpointError, ConfigError, MnistCnnError
-from mnist_cnn.evaluate import evaluate
+from mnist_cnn.evaluate import evaluate, logits_of
 from mnist_cnn.model import ModelConfig, Net
 from mnist_cnn.runlog import RunLog
+
+HOLDOUT = 5_000  # --augment on digits: the last training images, held out to fit the temperature and threshold
+OUTLIER_POOL = 3_000  # --augment on digits: non-digits drawn once per run (~15 ms each), distorted in every batch
+OE_WEIGHT = 0.5  # weight of the outlier-exposure term, as in Hendrycks et al. (2019)
 
 # -----------------------------------------------------------------------------
 # device and precision
@@ -149,6 +153,8 @@ class Run:
     distort: Callable = random_distortion  # --augment's distortion (--augment-style)
     runlog: RunLog | None = None  # --log-dir: TensorBoard event files (rank 0)
     pause_at: tuple[int, int, str] | None = None  # tests only: (epoch, step, marker file), see pause_for_test
+    outliers: torch.Tensor | None = None  # --augment on digits: non-digits (Q, 1, 28, 28) normalized, on the device
+    holdout: tuple | None = None  # --augment on digits: held-out uint8 digits, labels and non-digits (calibrate.py)
 
 
 @dataclass
@@ -197,9 +203,15 @@ def setup(cfg: TrainConfig, data: Data | None, device, world: distributed.World,
     data = data or load_dataset(cfg.dataset, cfg.data_dir, quiet=cfg.quiet or not world.main)
     cfg = replace(cfg, model=model_for(cfg, data))
     data, printed = prepare_data(cfg, data, world, device)
+    data, outliers, holdout = trust_material(cfg, data, seed, device)
     steps_per_epoch = len(distributed.shard_batches(torch.arange(data.train_images.shape[0]), cfg.batch_size, world))
     model = Net(cfg.model).to(device).to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, model)
+    if criterion is None and outliers is not None:
+        def criterion(logits, y):  # outlier exposure: a non-digit (label -1) is pulled towards the uniform softmax
+            ce = F.cross_entropy(logits, y.clamp(min=0), label_smoothing=cfg.label_smoothing, reduction="none")
+            uniform = -F.log_softmax(logits.float(), dim=1).mean(1)  # (B,) cross-entropy to the uniform
+            return torch.where(y >= 0, ce, OE_WEIGHT * uniform).mean()
     if criterion is None:
         def criterion(logits, y):  # label smoothing 0 is the tutorial's plain cross-entropy
             return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
@@ -208,7 +220,22 @@ def setup(cfg: TrainConfig, data: Data | None, device, world: distributed.World,
     return Run(cfg, device, world, dtype, data, printed, model, opt, make_scheduler(cfg, opt, steps_per_epoch),
                criterion, generator, augment_generator, distributed.per_rank_batch(cfg.batch_size, world),
                steps_per_epoch, pause_at=pause_point_for_tests(), distort=distort,
-               runlog=RunLog(cfg.log_dir, data.classes) if cfg.log_dir and world.main else None)
+               runlog=RunLog(cfg.log_dir, data.classes) if cfg.log_dir and world.main else None,
+               outliers=outliers, holdout=holdout)
+
+
+def trust_material(cfg: TrainConfig, data: Data, seed: int, device) -> tuple[Data, torch.Tensor | None, tuple | None]:
+    """--augment on digits: the last HOLDOUT training images held out (never trained on), a pool of non-digits to
+    train towards a flat softmax (negatives.py), and held-out non-digits from another seed, to calibrate the
+    temperature and the "not a digit" threshold after every epoch (calibrate.py). Else (data, None, None)."""
+    if not (cfg.augment and cfg.augment_style == "handwriting" and data.classes == DIGITS):
+        return data, None, None
+    h = min(HOLDOUT, data.train_images.shape[0] // 10)
+    kept = replace(data, train_images=data.train_images[:-h], train_labels=data.train_labels[:-h])
+    pool = min(OUTLIER_POOL, max(64, kept.train_images.shape[0] // 16))
+    outliers = normalize(torch.from_numpy(negatives.make(pool, seed)).to(device), cfg.model.mean, cfg.model.std)
+    others = torch.from_numpy(negatives.make(max(64, pool // 6), seed + 1)).to(device)
+    return kept, outliers.float(), (data.train_images[-h:], data.train_labels[-h:], others)
 
 
 def prepare_data(cfg: TrainConfig, data: Data, world, device) -> tuple[Data, tuple | None]:
@@ -321,7 +348,9 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor
     """One optimizer step on (B, 1, 28, 28) normalized images and (B,) labels; returns (mean loss, B). With --augment
     the batch is randomly distorted first (augment.py, --augment-style) and a share of it swapped for printed digits."""
     if run.augment_generator is not None:
-        x, y = run.distort(x, y, run.augment_generator, run.printed, norm=(run.cfg.model.mean, run.cfg.model.std))
+        more = {"outliers": run.outliers} if run.outliers is not None else {}  # non-digits, label -1
+        x, y = run.distort(x, y, run.augment_generator, run.printed, norm=(run.cfg.model.mean, run.cfg.model.std),
+                           **more)
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
         loss = run.criterion(run.trained(x), y)
@@ -403,8 +432,14 @@ def save(run: Run, progress: Progress, epoch_done: int, step: int, gen_state: to
                     else [])
     if not (cfg.save and world.main):
         return
-    if step == 0:  # a finished epoch: the plain checkpoint too
-        checkpoint.save(cfg.out, run.model, train_args(cfg), progress.history, dataset=run.data.describe())
+    if step == 0:  # a finished epoch: the plain checkpoint too, with its calibration if it has held-out data
+        trust = {}
+        if run.holdout is not None:
+            images, labels, others = run.holdout
+            trust = {"trust": calibrate.calibrate(logits_of(run.model, images).cpu(), labels.cpu(),
+                                                  logits_of(run.model, others).cpu())}
+        checkpoint.save(cfg.out, run.model, train_args(cfg), progress.history, dataset=run.data.describe(),
+                        **trust)
     resume.save_state(resume.state_path(cfg.out), {
         "model": {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()},
         "model_config": cfg.model.to_dict(), "train_args": train_args(cfg),

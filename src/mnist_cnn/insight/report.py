@@ -5,6 +5,8 @@ Writes into one folder:
     confusion.png     confusion matrix (counts, rows = true digit) beside per-class accuracy
     misclassified.png the test digits it gets wrong, most confident mistakes first, with true/predicted/probability
     curves.png        train/test loss and test accuracy per epoch, from the checkpoint's JSON "history"
+    reliability.png   reliability diagram: accuracy against confidence in 15 bins, before and after the
+                      checkpoint's temperature (calibrate.py; `train --augment` fits it), with ECE
     report.txt        the same numbers as text (also printed); report.json for scripts
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from mnist_cnn import calibrate
 from mnist_cnn import evaluate as evaluation
 from mnist_cnn.data import Data, save_output
 from mnist_cnn.evaluate import logits_of
@@ -45,6 +48,46 @@ def analyse(model, data: Data, top_pairs: int = 10) -> dict:
         "misclassified": [{"index": int(i), "true": int(labels[i]), "predicted": int(preds[i]),
                            "probability": float(conf[i]), "p_true": float(probs[i, labels[i]])} for i in wrong],
     }
+
+
+def calibration(model, data: Data, meta: dict) -> dict:
+    """Reliability before and after the checkpoint's temperature on the test set (no temperature: T = 1)."""
+    from mnist_cnn.predict.classifier import trust_of
+
+    trust = trust_of(meta)
+    logits = logits_of(model, data.test_images).cpu()  # (N, 10)
+    labels = data.test_labels.cpu()
+    before = calibrate.reliability(torch.softmax(logits, 1), labels)
+    after = calibrate.reliability(torch.softmax(logits / trust["temperature"], 1), labels)
+    return {"temperature": trust["temperature"], "calibrated": trust["calibrated"], "note": trust["note"],
+            "ece_before": before["ece"], "ece_after": after["ece"], "before": before, "after": after}
+
+
+def figure_reliability(c: dict, out: Path, title: str) -> None:
+    fig = new_figure(figsize=(11, 5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    fig.suptitle(f"Reliability of {title} on the test set (15 confidence bins)", fontsize=13)
+    for ax, key, name in ((axes[0], "before", "plain softmax"),
+                          (axes[1], "after", f"temperature {c['temperature']:.3f}" if c["calibrated"]
+                           else "no temperature in this checkpoint")):
+        r = c[key]
+        edges = r["edges"]
+        mids = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:], strict=True)]
+        shown = [i for i, n in enumerate(r["count"]) if n > 0]
+        ax.bar([mids[i] for i in shown], [r["accuracy"][i] for i in shown], width=1 / len(mids), edgecolor="k",
+               color="tab:blue", alpha=0.8, label="accuracy in the bin")
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+        ax.plot([r["confidence"][i] for i in shown], [r["accuracy"][i] for i in shown], "o", color="tab:red",
+                ms=4, label="mean confidence in the bin")
+        for i in shown:
+            ax.annotate(str(r["count"][i]), (mids[i], 0.02), ha="center", fontsize=7, rotation=90)
+        ax.set_title(f"{name}: ECE {100 * r['ece']:.2f}%", fontsize=10)
+        ax.set_xlabel("confidence (largest probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.savefig(out, dpi=90)
 
 
 def format_text(r: dict, history: list) -> str:
@@ -173,7 +216,13 @@ def report(model, meta: dict, data: Data, out_dir: str | Path, title: str = "the
     if history:
         files["curves"] = out / "curves.png"
         figure_curves(history, files["curves"], title)
-    text = format_text(r, history)
+    r["calibration"] = calibration(model, data, meta)
+    files["reliability"] = out / "reliability.png"
+    figure_reliability(r["calibration"], files["reliability"], title)
+    c = r["calibration"]
+    text = format_text(r, history) + (f"\n\ncalibration (test set, 15 bins): ECE {100 * c['ece_before']:.2f}% plain "
+                                      f"softmax, {100 * c['ece_after']:.2f}% after temperature "
+                                      f"{c['temperature']:.3f}; {c['note']}")
     files["text"] = out / "report.txt"
     save_output(files["text"], text + "\n")
     result = {**r, "history": history, "files": {k: str(v) for k, v in files.items()}}

@@ -1,23 +1,33 @@
-"""Predict: load a checkpoint once, then classify many images with the full softmax.
+"""Predict: load a checkpoint once, then read many images: a digit, a number, or "not a digit".
 
     clf = Classifier.load("mnist_cnn_model.pth")       # architecture rebuilt from the checkpoint's JSON
     p = clf.predict("my_digit.jpg")                    # path, bytes, file, PIL image, numpy array or tensor
-    p.digit, p.label, p.probabilities, p.image28       # argmax, its class name, softmax, what the net saw
+    p.prediction, p.is_digit, p.confidence             # the digit (None if it does not look like one), how sure
+    p.digit, p.probabilities, p.image28                # the best guess, 10 softmax probabilities, what the net saw
+    p.number, p.digits                                 # "4217" and one reading per digit, left to right
+    p.label                                            # the class's name ("7"; "Sneaker" for Fashion-MNIST)
 
 A model trained on another dataset (`train --dataset fashion-mnist`) names its classes ("Sneaker") from its
 checkpoint, normalizes with the statistics it was trained with, and, as its classes are not digits, prepares
-an image by fitting the whole picture into 28x28 (`to_square`) instead of MNIST's digit cropping.
+an image by fitting the whole picture into 28x28 (`to_square`) instead of MNIST's digit cropping (and no
+number segmentation).
 
 As the tutorial's Q&A says, the network's last layer gives 10 scores (logits); softmax turns them into a
 probability per class and the prediction is the largest. Images go through `mnist_cnn.predict.preprocess` first,
-so a photo of dark ink on paper looks like an MNIST digit to the network. An already-normalized tensor of
-shape (1, 28, 28) or (28, 28) (as `preprocess` returns it, values in [-1, 1]) is used as it is.
+so a photo of dark ink on paper looks like an MNIST digit to the network; an image holding a row of digits is
+cut into them first (segment.py) and each is read alone. An already-normalized tensor of shape (1, 28, 28) or
+(28, 28) (as `preprocess` returns it, values in [-1, 1]) is used as it is.
+
+Trust comes from the checkpoint's JSON (calibrate.py; written by `train --augment`): the logits are divided by
+its temperature before the softmax, and a largest probability under its threshold means "not a digit". A
+checkpoint without it (the tutorial's recipe, or one written before) gives the plain softmax and is_digit None
+("unknown"): `Classifier.trust["note"]` says what it lacks.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +36,76 @@ import torch
 from mnist_cnn import checkpoint
 from mnist_cnn.data import DIGITS, denormalize
 from mnist_cnn.model import ModelConfig
-from mnist_cnn.predict.preprocess import load_image, normalize_image, to_mnist, to_square
+from mnist_cnn.predict.preprocess import PreprocessError, ink_map, ink_to_mnist, load_image, normalize_image, to_square
+from mnist_cnn.predict.segment import segment
+
+NO_TRUST = ("this checkpoint has no calibration and no 'not a digit' threshold (train it with `mnist-cnn train "
+            "--augment`): probabilities are the plain softmax, is_digit is unknown")
 
 
 @dataclass
-class Prediction:
-    digit: int  # the most probable class
-    probabilities: list[float]  # softmax over the 10 classes, sums to 1
+class Reading:
+    """One digit: what the network says about one 28x28 image."""
+    digit: int  # the most probable class: the best guess, even when it does not look like a digit
+    probabilities: list[float]  # softmax over the 10 classes (temperature-scaled when calibrated), sums to 1
     image28: np.ndarray  # uint8 (28, 28): the MNIST-style image the network saw
+    is_digit: bool | None = None  # None: the checkpoint cannot tell (no threshold)
+    box: tuple[int, int, int, int] | None = None  # (x0, y0, x1, y1) in the input image, x1 and y1 exclusive
     label: str = ""  # the class's name: "7" for MNIST, "Sneaker" for Fashion-MNIST
+
+    @property
+    def confidence(self) -> float:
+        return float(max(self.probabilities))
+
+    @property
+    def prediction(self) -> int | None:
+        """The digit, or None when it does not look like one."""
+        return None if self.is_digit is False else self.digit
 
     def top(self, k: int = 3) -> list[tuple[int, float]]:
         """The k most probable digits with their probabilities, most probable first."""
-        order = np.argsort(self.probabilities)[::-1][:k]  # class numbers; names via Classifier.classes
+        order = np.argsort(self.probabilities)[::-1][:k]
         return [(int(d), float(self.probabilities[d])) for d in order]
+
+    def to_json(self) -> dict:
+        return {"prediction": self.prediction, "label": self.label, "probabilities": self.probabilities,
+                "box": self.box, "is_digit": self.is_digit, "confidence": self.confidence}
+
+
+@dataclass
+class Prediction(Reading):
+    """The whole image: read as one digit (digit, probabilities, ...), and as the digits it holds (digits)."""
+    digits: list[Reading] = field(default_factory=list)  # one per digit found, left to right
+
+    @property
+    def is_number(self) -> bool:
+        return len(self.digits) > 1
+
+    @property
+    def prediction(self) -> int | None:
+        return None if self.is_number else Reading.prediction.fget(self)
+
+    @property
+    def number(self) -> str | None:
+        """The digits read left to right ("4217"; "7" for one digit); None if any of them is not a digit."""
+        if not self.digits or any(d.is_digit is False or not (d.label or "0").isdigit() for d in self.digits):
+            return None
+        return "".join(str(d.digit) for d in self.digits)
+
+    @property
+    def number_confidence(self) -> float:
+        return float(np.prod([d.confidence for d in self.digits])) if self.digits else self.confidence
+
+    def to_json(self) -> dict:
+        """The fields `predict --json` and /api/predict share. For a number, the single-digit fields are null."""
+        many = self.is_number
+        return {"prediction": self.prediction, "label": None if many else self.label,
+                "best_guess": None if many else self.digit,
+                "is_digit": all(d.is_digit for d in self.digits) if many and self.is_digit is not None
+                else self.is_digit,
+                "confidence": self.number_confidence if many else self.confidence,
+                "probabilities": None if many else self.probabilities,
+                "number": self.number, "digits": [d.to_json() for d in self.digits]}
 
 
 def _is_normalized_tensor(x) -> bool:
@@ -50,12 +116,40 @@ def _is_normalized_tensor(x) -> bool:
 def prepare(x, cfg: ModelConfig = ModelConfig(), classes=DIGITS) -> tuple[torch.Tensor, np.ndarray]:
     """Anything predict accepts -> (normalized float32 (1, 28, 28), uint8 (28, 28) image), the way a model with
     this config (its normalisation) and these classes (digits: MNIST's cropping; others: to_square) needs it."""
+    t, image28, _ = prepare_all(x, cfg, classes)
+    return t, image28
+
+
+def prepare_all(x, cfg: ModelConfig = ModelConfig(), classes=DIGITS) -> tuple[torch.Tensor, np.ndarray, list]:
+    """Anything predict accepts -> (the whole image normalized (1, 28, 28), its uint8 (28, 28), and the digits
+    found in it as [(box, uint8 (28, 28))]: several for a number, one for a digit (box None for a tensor or a
+    dataset of other things))."""
     if _is_normalized_tensor(x):
         t = x.detach().float().cpu().reshape(1, 28, 28)
         image28 = denormalize(t[0], cfg.mean, cfg.std).numpy()
-        return t, image28
-    image28 = (to_mnist if tuple(classes) == DIGITS else to_square)(load_image(x))
-    return normalize_image(image28, cfg.mean, cfg.std), image28
+        return t, image28, [(None, image28)]
+    if tuple(classes) != DIGITS:
+        image28 = to_square(load_image(x))
+        return normalize_image(image28, cfg.mean, cfg.std), image28, [(None, image28)]
+    ink = ink_map(load_image(x))  # (H, W): paper 0, ink up to 1
+    parts = segment(ink)
+    if not parts:
+        raise PreprocessError("no ink found: the image is blank (one colour, or contrast too low)")
+    image28 = ink_to_mnist(ink)
+    whole = normalize_image(image28, cfg.mean, cfg.std)
+    if len(parts) == 1:
+        return whole, image28, [(parts[0][0], image28)]
+    return whole, image28, [(box, ink_to_mnist(part)) for box, part in parts]
+
+
+def trust_of(meta: dict) -> dict:
+    """What a checkpoint supports: {"temperature", "threshold" (None: cannot reject), "calibrated", "note"}."""
+    t = meta.get("trust") if isinstance(meta.get("trust"), dict) else None
+    if t is None or not all(isinstance(t.get(k), (int, float)) for k in ("temperature", "threshold")):
+        return {"temperature": 1.0, "threshold": None, "calibrated": False, "note": NO_TRUST}
+    return {"temperature": float(t["temperature"]), "threshold": float(t["threshold"]), "calibrated": True,
+            "note": f"calibrated: temperature {t['temperature']:.3f}, not a digit below "
+                    f"{100 * t['threshold']:.1f}% confidence ({t.get('method', 'max-softmax')})"}
 
 
 class Classifier:
@@ -63,6 +157,7 @@ class Classifier:
         self.model = model.eval()
         self.meta = meta or {}
         self.device = torch.device(device)
+        self.trust = trust_of(self.meta)
         self.classes = checkpoint.class_names(self.meta, model.cfg.num_classes)  # class k's name
 
     @classmethod
@@ -72,21 +167,47 @@ class Classifier:
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """normalized (B, 1, 28, 28) -> softmax probabilities (B, 10), float32 on the CPU."""
+        """normalized (B, 1, 28, 28) -> softmax probabilities (B, 10), temperature-scaled, float32 on the CPU."""
         logits = self.model(batch.to(self.device, torch.float32))  # (B, 10)
-        return torch.softmax(logits.float(), dim=1).cpu()
+        return torch.softmax(logits.float() / self.trust["temperature"], dim=1).cpu()
 
     def predict(self, x) -> Prediction:
         return self.predict_batch([x])[0]
 
     def predict_batch(self, xs) -> list[Prediction]:
         """Many images in one forward pass. A bad image raises PreprocessError (naming it) before any work."""
-        prepared = [prepare(x, self.model.cfg, self.classes) for x in xs]
+        cfg = self.model.cfg
+        prepared = [prepare_all(x, cfg, self.classes) for x in xs]
         if not prepared:
             return []
-        probs = self.probabilities(torch.stack([t for t, _ in prepared]))  # (B, 10)
-        return [Prediction(int(p.argmax()), p.tolist(), img, self.classes[int(p.argmax())])
-                for p, (_, img) in zip(probs, prepared, strict=True)]
+        wholes = [t for t, _, _ in prepared]
+        parts = [normalize_image(img, cfg.mean, cfg.std) for _, _, ps in prepared if len(ps) > 1 for _, img in ps]
+        probs = self.probabilities(torch.stack(wholes + parts)).tolist()  # (B + digits of numbers, 10)
+        out, k = [], len(wholes)
+        for i, (_, image28, ps) in enumerate(prepared):
+            many = len(ps) if len(ps) > 1 else 0
+            out.append(reading(self.trust, probs[i], image28, ps, probs[k:k + many], self.classes))
+            k += many
+        return out
+
+
+def is_digit(trust: dict, probs: list[float]) -> bool | None:
+    """Does a softmax row look like a digit under this trust (trust_of)? None: the checkpoint cannot tell."""
+    return None if trust["threshold"] is None else max(probs) >= trust["threshold"]
+
+
+def reading(trust: dict, probs: list[float], image28: np.ndarray, parts: list[tuple], part_probs: list,
+            classes=DIGITS) -> Prediction:
+    """The whole image's probabilities and, for a number, each digit's -> a Prediction (also used by serve)."""
+    best = int(np.argmax(probs))
+    p = Prediction(best, probs, image28, is_digit(trust, probs), parts[0][0] if len(parts) == 1 else None,
+                   classes[best])
+    if len(parts) == 1:
+        p.digits = [Reading(best, probs, image28, p.is_digit, parts[0][0], classes[best])]
+    else:
+        p.digits = [Reading(int(np.argmax(q)), q, img, is_digit(trust, q), box, classes[int(np.argmax(q))])
+                    for (box, img), q in zip(parts, part_probs, strict=True)]
+    return p
 
 
 # -----------------------------------------------------------------------------

@@ -54,6 +54,16 @@ UPSCALE = Image.Resampling.BILINEAR  # enlarging a tiny image: smooth, no blocks
 CENTER = 14.0  # where MNIST's centre of mass sits, in pixel-index coordinates (measured: 13.99, 14.01)
 
 
+# Ink is what stands out of the paper: over INK_SIGMAS robust standard deviations of the paper's noise (grain,
+# texture, JPEG ringing) and over MIN_CONTRAST of the full range, in at least MIN_INK_PIXELS pixels and
+# MIN_INK_SHARE of the image. A small or thin digit (a 1 of 0.15% of a photo) is still ink; noise alone is not
+# (Gaussian: 7 sigma is 1 pixel in 10^12; JPEG's blocks have heavier tails: a few pixels of a 300x300 image).
+INK_SIGMAS = 7.0
+MIN_CONTRAST = 0.08
+MIN_INK_PIXELS = 4
+MIN_INK_SHARE = 2e-4
+
+
 class PreprocessError(MnistCnnError):
     """An image we cannot turn into a digit: unreadable, truncated, too large, or blank."""
 
@@ -270,12 +280,12 @@ def remove_background(x: np.ndarray) -> np.ndarray:
     clean image has no noise and loses nothing).
     """
     x = x - _tile_background(x)
-    p10, p30 = np.percentile(np.clip(x, 0.0, None), [10, 30])  # paper, even where ink covers most of it
+    p10, p30 = np.percentile(x, [10, 30])  # paper, even where ink covers most of it
     noise = float(p30 - p10) / 0.757  # a Gaussian's 30th and 10th percentiles are 0.757 sigma apart
-    ink = x[x > 4.0 * noise]
-    top = float(np.percentile(ink, 99)) if ink.size else 0.0
-    if top < 0.08:  # contrast under 8% of the full range: nothing was drawn
+    ink = x[x > max(INK_SIGMAS * noise, MIN_CONTRAST)]  # what stands out of the paper's own grain
+    if ink.size < max(MIN_INK_PIXELS, x.size * MIN_INK_SHARE):  # nothing drawn: one colour, or paper grain only
         return np.zeros_like(x)
+    top = float(np.percentile(ink, 99))
     cut = max(4.0 * noise, 0.15 * top if min(x.shape) > 64 else 0.0)
     return np.clip((x - cut) / (top - cut), 0.0, 1.0).astype(np.float32)
 
@@ -375,12 +385,21 @@ def center_by_mass(x: np.ndarray, side: int = SIDE, center: float = CENTER) -> n
 # the whole pipeline
 
 
-def to_mnist(image: Image.Image) -> np.ndarray:
-    """PIL image -> uint8 (28, 28), white ink on black, 20x20 box centred by mass: an MNIST digit."""
+def ink_map(image: Image.Image) -> np.ndarray:
+    """PIL image -> float32 (H, W): paper 0, ink up to 1, at the image's own size (segment.py reads numbers here)."""
     x = to_grayscale(flatten_transparency(image))  # (H, W) in [0, 1]
-    x = remove_background(white_on_black(x))  # (H, W), paper 0, ink up to 1
+    return remove_background(white_on_black(x))  # (H, W), paper 0, ink up to 1
+
+
+def ink_to_mnist(x: np.ndarray) -> np.ndarray:
+    """Ink map (H, W) of one digit -> uint8 (28, 28), 20x20 box centred by mass: an MNIST digit."""
     x = center_by_mass(scale_to_box(thicken_strokes(crop_to_ink(x))))  # (28, 28)
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def to_mnist(image: Image.Image) -> np.ndarray:
+    """PIL image -> uint8 (28, 28), white ink on black, 20x20 box centred by mass: an MNIST digit."""
+    return ink_to_mnist(ink_map(image))
 
 
 def to_square(image: Image.Image) -> np.ndarray:

@@ -2,7 +2,9 @@
 
     GET  /                 the page (static/index.html; app.js draws, calls the API, paints bars and maps)
     POST /api/predict      an image (multipart field `file`, or a raw image/* body) or JSON {"pixels": ...}
-                           -> {prediction, probabilities[10], input_28x28, activations?}; header X-Batch-Size:
+                           -> {prediction, label, best_guess, is_digit, confidence, probabilities[10], number,
+                           digits, trust, input_28x28, activations?} (an uploaded row of digits is read digit by
+                           digit; "not a digit" needs a calibrated checkpoint, docs/trust.md); header X-Batch-Size:
                            how many requests shared its forward pass
     GET  /api/model        the loaded model: layer summary (shapes, params, MACs) and its training metrics
     GET  /api/sample       an MNIST test digit (?index=N, else a random one) with its true label
@@ -60,6 +62,7 @@ from pydantic import BaseModel, Field
 from mnist_cnn import checkpoint
 from mnist_cnn.data import normalize
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.predict.classifier import reading, trust_of
 from mnist_cnn.serve import learn
 from mnist_cnn.serve.limits import LOOPBACK_NAMES, Limits  # noqa: F401 (LOOPBACK_NAMES: for callers)
 
@@ -242,6 +245,7 @@ def model_info(model_path: Path, backend) -> dict:
         "train_args": args,
         "history": history,
         "saved_at": meta.get("saved_at"),
+        "trust": trust_of(meta),
     }
 
 
@@ -261,16 +265,19 @@ def encode_maps(t: torch.Tensor) -> dict:
 # turning what a client sent into a 28x28 image, or a 4xx
 
 
-def image_from_upload(raw: bytes, limits: Limits) -> np.ndarray:
+def image_from_upload(raw: bytes, limits: Limits) -> tuple[np.ndarray, list]:
     """Bytes of an image file -> uint8 (28, 28) via preprocess, in bounded memory: at most limits.max_pixels
     decoded (a JPEG at a reduced scale), then 8-bit grey shrunk to limits.decode_side before any float work.
+    Also the digits of a number in it, as [(box, uint8 (28, 28))] (predict/segment.py; [] for one digit).
     Empty, not an image, a format not read here, over the pixel budget, truncated, blank -> 400."""
-    from mnist_cnn.predict.preprocess import load_image, to_grey8, to_mnist
+    from mnist_cnn.predict.classifier import prepare_all
+    from mnist_cnn.predict.preprocess import load_image, to_grey8
 
     if not raw:
         raise HTTPException(400, "the uploaded file is empty")
     try:
-        return to_mnist(to_grey8(load_image(raw, max_pixels=limits.max_pixels), limits.decode_side))
+        _, image28, parts = prepare_all(to_grey8(load_image(raw, max_pixels=limits.max_pixels), limits.decode_side))
+        return image28, parts if len(parts) > 1 else []
     except MnistCnnError as e:
         raise HTTPException(400, str(e)) from None
 
@@ -430,9 +437,25 @@ class LayerMaps(BaseModel):
     data: str = Field(description="base64 of uint8 values, row-major; each map scaled to 0..255 by its max")
 
 
+class DigitOut(BaseModel):
+    prediction: int | None = Field(description="the digit; null if it does not look like one")
+    probabilities: list[float] = Field(description="softmax over the digits 0..9 (temperature-scaled if calibrated)")
+    box: list[int] | None = Field(description="(x0, y0, x1, y1) in the uploaded image; x1, y1 exclusive")
+    is_digit: bool | None = Field(description="null: the checkpoint has no 'not a digit' threshold")
+    confidence: float = Field(description="the largest probability")
+
+
 class PredictOut(BaseModel):
-    prediction: int = Field(description="the most probable digit")
-    probabilities: list[float] = Field(description="softmax over the digits 0..9; sums to 1")
+    prediction: int | None = Field(description="the digit; null if it does not look like one, or for a number")
+    label: str | None = Field(description="the class's name (\"7\"; \"Sneaker\" for Fashion-MNIST); null for a number")
+    best_guess: int | None = Field(description="the most probable digit, even when it does not look like one")
+    is_digit: bool | None = Field(description="false: not a digit; null: the checkpoint cannot tell (see trust)")
+    confidence: float = Field(description="the largest probability (for a number: the product over its digits)")
+    probabilities: list[float] | None = Field(description="softmax over the digits 0..9; sums to 1; null for a "
+                                                          "number")
+    number: str | None = Field(description='the digits read left to right ("4217"; "7" for one digit)')
+    digits: list[DigitOut] = Field(description="one reading per digit found, left to right")
+    trust: str = Field(description="what the checkpoint supports: calibration, 'not a digit' threshold")
     input_28x28: list[list[int]] = Field(description="the 28x28 image the network saw (0..255, white on black)")
     activations: dict[str, LayerMaps] | None = Field(None, description="only when asked for")
 
@@ -542,18 +565,21 @@ def add_predict_route(api: FastAPI, engine: Engine, limits: Limits):
                          503: {"description": "too many requests waiting for the model"}})
     async def predict(request: Request, activations: bool = Query(False, description="also return feature maps")):
         image, activations = await read_image(request, activations, decode)
+        image, parts = image if isinstance(image, tuple) else (image, [])  # an upload: (digit, number's digits)
         if await request.is_disconnected():
             raise ClientGone
         try:
             probs, acts, batch = await engine.predict(image, activations)
+            part_probs = [(await engine.predict(img, False))[0] for _, img in parts]
         except Busy:
             raise HTTPException(503, f"server busy: {limits.queue} requests are waiting for the model; retry",
                                 headers={"Retry-After": "1"}) from None
         except Stopped:
             raise HTTPException(503, "the model thread has stopped (see /healthz and the server log)") from None
-        best = int(np.argmax(probs))
-        out = {"prediction": best, "label": engine.backend.classes[best], "probabilities": probs,
-               "input_28x28": image.tolist()}
+        trust = trust_of(engine.backend.meta)  # temperature and "not a digit" threshold, if the checkpoint has them
+        probs, part_probs = temperature(probs, trust), [temperature(q, trust) for q in part_probs]
+        p = reading(trust, probs, image, parts or [(None, image)], part_probs, engine.backend.classes)
+        out = {**p.to_json(), "trust": trust["note"], "input_28x28": image.tolist()}
         if acts is not None:
             out["activations"] = {name: encode_maps(acts[name]) for name in LAYERS}
         return JSONResponse(out, headers={"X-Batch-Size": str(batch)})
@@ -561,6 +587,13 @@ def add_predict_route(api: FastAPI, engine: Engine, limits: Limits):
     @api.exception_handler(ClientGone)
     async def gone(request: Request, exc: ClientGone):  # nobody reads this; the log line says 499
         return JSONResponse({"detail": "client closed the request"}, status_code=499)
+
+
+def temperature(probs, trust: dict) -> list[float]:
+    """Softmax probabilities -> softmax(logits / T): exactly, since log-softmax is the logits less a constant."""
+    if trust["temperature"] == 1.0:
+        return list(probs)
+    return torch.softmax(torch.log(torch.as_tensor(probs, dtype=torch.float64)) / trust["temperature"], 0).tolist()
 
 
 class ClientGone(Exception):

@@ -13,11 +13,17 @@ const LAYERS = [               // [name, caption, css pixels per feature-map pix
 // drawing: pointer events cover mouse, touch and pen alike
 
 let drawing = false, inked = false, last = null;
+let generation = 0;            // bumped by every clear: an answer to an older drawing is dropped
 
 function clearPad() {
   ctx.fillStyle = "#000";
   ctx.fillRect(0, 0, pad.width, pad.height);
   inked = false;
+  generation++;
+  clearTimeout(timer);
+  dirty = false;
+  document.body.dataset.busy = "0";
+  clearBoxes();
 }
 
 function at(ev) {  // event -> canvas coordinates, whatever size CSS gives the canvas
@@ -63,32 +69,44 @@ $("clear").addEventListener("click", () => {
   clearPad(); resetResult(); document.dispatchEvent(new CustomEvent("mnist:clear"));
 });
 
+// number mode: a wider pad for several digits side by side, read digit by digit (boxes drawn over the pad)
+$("number-mode").addEventListener("change", () => {
+  const on = $("number-mode").checked;
+  document.body.classList.toggle("number-mode", on);
+  pad.width = boxes.width = on ? 840 : 280;
+  clearPad();
+  resetResult();
+});
+
 // ---------------------------------------------------------------------------------------------------------------
 // asking the server: debounced, at most one request in flight, the latest drawing always wins
 
 let timer = null, inFlight = false, dirty = false;
 
 function schedule() {
+  document.body.dataset.busy = "1";  // for tests: an answer is still coming
   clearTimeout(timer);
   timer = setTimeout(predictPad, DEBOUNCE_MS);
 }
 
 async function predictPad() {
-  if (!inked) return;
+  if (!inked) { document.body.dataset.busy = "0"; return; }  // a cleared pad asks nothing
   if (inFlight) { dirty = true; return; }
   inFlight = true;
   try {
     const blob = await new Promise((ok) => pad.toBlob(ok, "image/png"));
     const form = new FormData();
     form.append("file", blob, "drawing.png");
-    await ask(fetch("/api/predict?activations=true", { method: "POST", body: form }));
+    const r = await ask(fetch("/api/predict?activations=true", { method: "POST", body: form }));
+    if (r && $("number-mode").checked) drawBoxes(r.digits || []);  // boxes are in the pad's pixels
   } finally {
     inFlight = false;
-    if (dirty) { dirty = false; predictPad(); }
+    if (dirty) { dirty = false; predictPad(); } else if (!drawing) document.body.dataset.busy = "0";
   }
 }
 
 async function ask(request) {
+  const mine = generation;
   let res;
   try {
     res = await request;
@@ -96,6 +114,7 @@ async function ask(request) {
     return say("The server is not answering: " + e.message);
   }
   const body = await res.json().catch(() => ({}));
+  if (mine !== generation) return;  // the pad was cleared while this was in flight: its answer is stale
   if (!res.ok) return say(`${res.status}: ${body.detail || res.statusText}`);
   render(body);
   return body;
@@ -120,6 +139,9 @@ function buildBars() {
 
 function resetResult() {
   $("digit").textContent = "?";
+  $("digit").classList.remove("not-digit");
+  $("best-guess").textContent = "";
+  $("digit-list").replaceChildren();
   $("confidence").textContent = "no prediction yet";
   $("truth").textContent = "";
   for (let d = 0; d < 10; d++) {
@@ -129,28 +151,78 @@ function resetResult() {
   $("seen").getContext("2d").clearRect(0, 0, 28, 28);
   $("maps").replaceChildren();
   document.body.dataset.prediction = "";
-  say("Draw a digit in the black square.");
+  document.body.dataset.isDigit = "";
+  document.body.dataset.number = "";
+  say($("number-mode").checked ? "Write a number, digits side by side." : "Draw a digit in the black square.");
 }
 
 function render(r) {
-  const p = r.probabilities;
-  $("digit").textContent = r.prediction;
-  $("confidence").textContent = `${(100 * p[r.prediction]).toFixed(1)}% sure it is a ${r.prediction}`;
-  for (let d = 0; d < 10; d++) {
-    const fill = document.querySelector(`.bar-track[data-digit="${d}"] .bar-fill`);
-    fill.style.width = (100 * p[d]).toFixed(2) + "%";
-    for (const el of document.querySelectorAll(`#bars [data-digit="${d}"]`)) {
-      el.classList.toggle("bar-row-top", d === r.prediction);
-    }
-    $("p" + d).textContent = (100 * p[d]).toFixed(1) + "%";
-    $("p" + d).dataset.p = p[d];
+  $("digit").classList.toggle("not-digit", r.is_digit === false);
+  $("best-guess").textContent = "";
+  $("digit-list").replaceChildren();
+  clearBoxes();
+  if (r.digits && r.digits.length > 1) renderNumber(r);
+  else if (r.is_digit === false) {
+    $("digit").textContent = "✗";
+    $("confidence").textContent = "not a digit";
+    $("best-guess").textContent = `best guess ${r.best_guess} (${(100 * r.confidence).toFixed(1)}%)`;
+  } else {
+    $("digit").textContent = r.best_guess;
+    $("confidence").textContent = `${(100 * r.confidence).toFixed(1)}% sure it is a ${r.best_guess}`;
   }
+  paintBars(r.probabilities, r.best_guess);
   paintGray($("seen"), r.input_28x28.flat(), 28, 28);
   if (r.activations) paintMaps(r.activations);
-  document.body.dataset.prediction = r.prediction;  // for tests and scripts: the page has an answer
+  document.body.dataset.prediction = r.prediction ?? (r.number ?? "none");  // for tests: the page has an answer
+  document.body.dataset.isDigit = String(r.is_digit);
+  document.body.dataset.number = r.number ?? "";
   document.dispatchEvent(new CustomEvent("mnist:result", { detail: r }));  // learn.js explains this answer
   document.body.dataset.updates = (+(document.body.dataset.updates || 0) + 1).toString();
   say("Keep drawing: the answer follows every stroke.");
+}
+
+function renderNumber(r) {
+  const read = r.digits.map((d) => (d.is_digit === false ? "?" : d.prediction)).join("");
+  $("digit").textContent = read;
+  $("confidence").textContent = r.number == null
+    ? `${r.digits.length} marks, not all of them digits`
+    : `${r.digits.length} digits, ${(100 * r.confidence).toFixed(1)}% sure of all of them`;
+  for (const d of r.digits) {
+    const li = document.createElement("li");
+    const best = d.probabilities.indexOf(Math.max(...d.probabilities));
+    li.textContent = d.is_digit === false ? `not a digit (best guess ${best}, ${(100 * d.confidence).toFixed(0)}%)`
+      : `${d.prediction} (${(100 * d.confidence).toFixed(1)}%)`;
+    $("digit-list").appendChild(li);
+  }
+}
+
+const boxes = $("boxes"), bctx = boxes.getContext("2d");
+
+function clearBoxes() { bctx.clearRect(0, 0, boxes.width, boxes.height); }
+
+function drawBoxes(digits) {  // each digit's box over the pad, its reading above it
+  clearBoxes();
+  bctx.lineWidth = 3;
+  bctx.font = "bold 26px system-ui, sans-serif";
+  for (const d of digits) {
+    if (!d.box) continue;
+    const [x0, y0, x1, y1] = d.box;
+    bctx.strokeStyle = bctx.fillStyle = d.is_digit === false ? "#e8710a" : "#34d399";
+    bctx.strokeRect(x0 - 4, y0 - 4, x1 - x0 + 8, y1 - y0 + 8);
+    bctx.fillText(d.is_digit === false ? "?" : String(d.prediction), x0, Math.max(26, y0 - 8));
+  }
+}
+
+function paintBars(p, top) {
+  for (let d = 0; d < 10; d++) {
+    const fill = document.querySelector(`.bar-track[data-digit="${d}"] .bar-fill`);
+    fill.style.width = p ? (100 * p[d]).toFixed(2) + "%" : "0";
+    for (const el of document.querySelectorAll(`#bars [data-digit="${d}"]`)) {
+      el.classList.toggle("bar-row-top", p != null && d === top);
+    }
+    $("p" + d).textContent = p ? (100 * p[d]).toFixed(1) + "%" : "–";
+    $("p" + d).dataset.p = p ? p[d] : "";
+  }
 }
 
 function paintGray(canvas, values, w, h) {
@@ -255,7 +327,7 @@ $("sample").addEventListener("click", async () => {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ pixels: s.pixels }),
   }));
   if (r) {
-    const ok = r.prediction === s.label;
+    const ok = r.best_guess === s.label;
     $("truth").textContent = `test digit #${s.index}: true label ${s.label} ${ok ? "✓" : "✗ (a miss)"}`;
   }
 });
