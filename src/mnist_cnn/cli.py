@@ -192,7 +192,8 @@ def add_serve(sub):
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     add_data_dir(p)
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads for the forward pass (default 1: one image is too small to split)")
+                   help="threads for the forward pass (default 1: one image is too small to split)")
+    add_backend_flag(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -201,18 +202,22 @@ def cmd_serve(args):
     import logging
     import socket
 
-    import torch
     import uvicorn
 
+    from mnist_cnn.predict.backend import backend_name
     from mnist_cnn.serve.app import create_app
 
     if args.threads < 1:
         raise MnistCnnError(f"--threads must be at least 1, got {args.threads}")
     if not 0 <= args.port <= 65535:
         raise MnistCnnError(f"--port must be in 0..65535, got {args.port}")
-    torch.set_num_threads(args.threads)
+    backend = backend_name(args.model, args.backend)
+    if backend == "torch":  # onnxruntime takes its thread count per session; torch is never imported for it
+        import torch
+
+        torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(args.model, args.data_dir)  # loads the model once, now: a bad --model is one line
+    app = create_app(args.model, args.data_dir, backend, args.threads)  # loads the model now: a bad one is one line
     try:  # bind here, so a busy port or bad host is one line too, not uvicorn's traceback
         info = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)
@@ -449,6 +454,60 @@ def cmd_bench(args):
 
 
 # -----------------------------------------------------------------------------
+# export
+
+
+def add_export(sub):
+    p = sub.add_parser("export", help="write the model as ONNX (checked against PyTorch), int8, or a static web page")
+    p.add_argument("model", metavar="MODEL", help="a checkpoint (.pth with its .json)")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", metavar="FILE", help="the ONNX file (default: MODEL with .onnx)")
+    p.add_argument("--quantize", action="store_true",
+                   help="also write FILE's int8 version, <stem>.int8.onnx (static, calibrated on training images)")
+    p.add_argument("--calibration-batches", type=int, default=None, metavar="N",
+                   help="batches of 32 training images for --quantize's calibration (default 200)")
+    p.add_argument("--web", metavar="DIR",
+                   help="also write a static page into DIR that runs the model (int8 with --quantize) in the browser")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true", help="print what was written and checked as JSON")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args):
+    from pathlib import Path
+
+    from mnist_cnn.ship import export
+
+    out = Path(args.out or Path(args.model).with_suffix(".onnx"))
+    report = {"onnx": export.export_onnx(args.model, out, args.data_dir)}
+    r = report["onnx"]
+    if not args.json:
+        print(f"wrote {out} ({r['bytes'] / 1e6:.2f} MB, opset {r['opset']}): test accuracy "
+              f"{100 * r['onnx_accuracy']:.2f}% (PyTorch {100 * r['torch_accuracy']:.2f}%); max |logit "
+              f"difference| {r['max_abs_logit_diff']:.1e} on {r['images']:,} test images, same digit on all")
+    if args.quantize:
+        from mnist_cnn.ship import quantize
+
+        batches = args.calibration_batches or quantize.CALIBRATION_BATCHES
+        if batches < 1:
+            raise MnistCnnError(f"--calibration-batches must be at least 1, got {batches}")
+        q = report["int8"] = quantize.quantize(out, out.with_suffix(".int8.onnx"), args.data_dir, batches)
+        if not args.json:
+            print(f"wrote {q['path']} ({q['bytes'] / 1e6:.2f} MB, int8): test accuracy {100 * q['test_accuracy']:.2f}%"
+                  f" (fp32 {100 * q['fp32_test_accuracy']:.2f}%), calibrated on {q['calibration_images']:,} "
+                  f"training images")
+    if args.web:
+        from mnist_cnn.ship import web
+
+        report["web"] = web.write_page(report.get("int8", r)["path"], args.web)
+        if not args.json:
+            print(f"wrote {args.web}/ (index.html, the model, onnxruntime-web {report['web']['onnxruntime_web']}): "
+                  f"serve it with any static file server, e.g. python -m http.server -d {args.web}")
+    if args.json:
+        print_json(report)
+
+
+# -----------------------------------------------------------------------------
 # predict
 
 
@@ -460,7 +519,14 @@ def add_predict(sub):
     p.add_argument("--json", action="store_true",
                    help='a list of {"file", "prediction", "probabilities", "error"}, one per image')
     p.add_argument("--save-input", metavar="DIR", help="write the 28x28 image the network saw, as PNG, into DIR")
+    add_backend_flag(p)
     p.set_defaults(func=cmd_predict)
+
+
+def add_backend_flag(p):
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default=None,
+                   help="what runs the model (default: onnxruntime for a .onnx MODEL, else torch); onnxruntime "
+                        "needs no torch installed")
 
 
 def cmd_predict(args):
@@ -469,7 +535,7 @@ def cmd_predict(args):
     if not 1 <= args.top_k <= 10:
         raise MnistCnnError(f"--top-k must be between 1 and 10, got {args.top_k}")
     inputs = expand_inputs(args.files)  # [(name, path or bytes)], folders walked, - read from stdin
-    clf = Classifier.load(args.model)
+    clf = Classifier.load(args.model, backend=args.backend)
     results, saved = [], set()
     for name, source in inputs:
         try:
@@ -503,7 +569,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (add_train, add_evaluate, add_data, add_predict, add_summary, add_explain, add_concepts, add_report,
-                add_study, add_serve, add_bench):
+                add_study, add_serve, add_bench, add_export):
         add(sub)
     return parser
 

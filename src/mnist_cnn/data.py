@@ -33,11 +33,14 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from mnist_cnn.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made (load_mnist), so numpy-only readers need none
+    import torch
 
 # name -> (md5 of the raw file, md5 of the .gz the mirrors serve, raw size in bytes)
 FILES = {
@@ -287,8 +290,8 @@ class MNIST:
                                               self.test_images, self.test_labels)))
 
 
-def load_mnist(data_dir: str | Path = "data", quiet: bool = False, fetch: bool = True) -> MNIST:
-    """The four verified files as tensors (fetching first if allowed)."""
+def load_arrays(data_dir: str | Path = "data", quiet: bool = False, fetch: bool = True) -> dict[str, np.ndarray]:
+    """The four verified files as numpy arrays, keyed by file name (fetching first if allowed). No torch."""
     d = ensure_mnist(data_dir, quiet, repair=False) if fetch else raw_dir(data_dir)
     arrays = {}
     for name in FILES:
@@ -296,7 +299,14 @@ def load_mnist(data_dir: str | Path = "data", quiet: bool = False, fetch: bool =
         if raw is None:
             raise DataError(f"{d / name}: missing or fails its MD5 check (run `mnist-cnn data --data-dir {data_dir}`)")
         arrays[name] = parse_idx(raw, name)
-    t = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+    return arrays
+
+
+def load_mnist(data_dir: str | Path = "data", quiet: bool = False, fetch: bool = True) -> MNIST:
+    """The four verified files as tensors (fetching first if allowed)."""
+    import torch  # here, not at the top: the torch-free paths (onnxruntime predict/serve) read MNIST with numpy
+
+    t = {k: torch.from_numpy(v.copy()) for k, v in load_arrays(data_dir, quiet, fetch).items()}
     return MNIST(t["train-images-idx3-ubyte"], t["train-labels-idx1-ubyte"].long(),
                  t["t10k-images-idx3-ubyte"], t["t10k-labels-idx1-ubyte"].long())
 

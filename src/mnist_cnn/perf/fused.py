@@ -125,6 +125,8 @@ def applies(x: torch.Tensor, conv: torch.nn.Conv2d, pool: torch.nn.MaxPool2d) ->
     _problem = None
     if x.device.type != "cpu" or x.requires_grad or x.dim() != 4 or x.shape[1] != 1 or x.shape[0] == 0:
         return False
+    if torch.compiler.is_compiling():  # torch.export / torch.compile trace fake tensors: C cannot read them
+        return False
     if (conv.stride, conv.padding, conv.dilation, conv.groups) != ((1, 1), (0, 0), (1, 1), 1) or conv.bias is None:
         return False
     if conv.out_channels % 16 or conv.kernel_size[0] != conv.kernel_size[1] or conv.weight.device.type != "cpu":

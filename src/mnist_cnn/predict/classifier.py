@@ -1,13 +1,16 @@
-"""Predict: load a checkpoint once, then classify many images with the full softmax.
+"""Predict: load a model once, then classify many images with the full softmax.
 
     clf = Classifier.load("mnist_cnn_model.pth")       # architecture rebuilt from the checkpoint's JSON
+    clf = Classifier.load("mnist_cnn.onnx")            # an exported model, run by onnxruntime (no torch)
     p = clf.predict("my_digit.jpg")                    # path, bytes, file, PIL image, numpy array or tensor
     p.digit, p.probabilities, p.image28                # argmax, 10 softmax probabilities, what the net saw
 
 As the tutorial's Q&A says, the network's last layer gives 10 scores (logits); softmax turns them into a
 probability per class and the prediction is the largest. Images go through `mnist_cnn.predict.preprocess` first,
 so a photo of dark ink on paper looks like an MNIST digit to the network. An already-normalized tensor of
-shape (1, 28, 28) or (28, 28) (as `preprocess` returns it, values in [-1, 1]) is used as it is.
+shape (1, 28, 28) or (28, 28) (as `preprocess` returns it, values in [-1, 1]) is taken back to its 0..255
+pixels (exactly, for `preprocess`'s output) and not preprocessed again. The network runs in a backend
+(`backend.py`: PyTorch or onnxruntime), which takes uint8 (B, 28, 28) pixels.
 """
 
 from __future__ import annotations
@@ -17,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mnist_cnn import checkpoint
 from mnist_cnn.data import MEAN, STD
-from mnist_cnn.predict.preprocess import load_image, normalize_image, to_mnist
+from mnist_cnn.predict.backend import load_backend
+from mnist_cnn.predict.preprocess import load_image, to_mnist
 
 
 @dataclass
@@ -37,47 +39,42 @@ class Prediction:
 
 
 def _is_normalized_tensor(x) -> bool:
-    return isinstance(x, torch.Tensor) and x.is_floating_point() and tuple(x.shape[-2:]) == (28, 28) \
-        and x.dim() in (2, 3) and x.numel() == 784
+    return type(x).__module__.startswith("torch") and hasattr(x, "is_floating_point") and x.is_floating_point() \
+        and tuple(x.shape[-2:]) == (28, 28) and x.dim() in (2, 3) and x.numel() == 784
 
 
-def prepare(x) -> tuple[torch.Tensor, np.ndarray]:
-    """Anything predict accepts -> (normalized float32 (1, 28, 28), uint8 (28, 28) image)."""
+def prepare(x) -> np.ndarray:
+    """Anything predict accepts -> the uint8 (28, 28) image the network sees."""
     if _is_normalized_tensor(x):
-        t = x.detach().float().cpu().reshape(1, 28, 28)
-        image28 = ((t[0] * STD + MEAN) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-        return t, image28
-    image28 = to_mnist(load_image(x))
-    return normalize_image(image28), image28
+        a = x.detach().float().cpu().numpy().reshape(28, 28)
+        return np.clip(np.round((a * STD + MEAN) * 255), 0, 255).astype(np.uint8)
+    return to_mnist(load_image(x))
 
 
 class Classifier:
-    def __init__(self, model: torch.nn.Module, meta: dict | None = None, device: str | torch.device = "cpu"):
-        self.model = model.eval()
-        self.meta = meta or {}
-        self.device = torch.device(device)
+    def __init__(self, backend, meta: dict | None = None):
+        self.backend = backend  # .forward(uint8 (B, 28, 28)) -> float32 (B, 10) probabilities
+        self.meta = meta if meta is not None else getattr(backend, "meta", {})
 
     @classmethod
-    def load(cls, path: str | Path = "mnist_cnn_model.pth", device: str | torch.device = "cpu") -> Classifier:
-        model, meta = checkpoint.load(path, device)
-        return cls(model, meta, device)
+    def load(cls, path: str | Path = "mnist_cnn_model.pth", device="cpu", backend: str | None = None) -> Classifier:
+        """backend: "torch" or "onnxruntime"; None picks onnxruntime for a .onnx file, torch otherwise."""
+        return cls(load_backend(path, backend, device))
 
-    @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """normalized (B, 1, 28, 28) -> softmax probabilities (B, 10), float32 on the CPU."""
-        logits = self.model(batch.to(self.device, torch.float32))  # (B, 10)
-        return torch.softmax(logits.float(), dim=1).cpu()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, 28, 28) MNIST-style images -> softmax probabilities (B, 10), float32."""
+        return self.backend.forward(images)
 
     def predict(self, x) -> Prediction:
         return self.predict_batch([x])[0]
 
     def predict_batch(self, xs) -> list[Prediction]:
         """Many images in one forward pass. A bad image raises PreprocessError (naming it) before any work."""
-        prepared = [prepare(x) for x in xs]
-        if not prepared:
+        images = [prepare(x) for x in xs]
+        if not images:
             return []
-        probs = self.probabilities(torch.stack([t for t, _ in prepared]))  # (B, 10)
-        return [Prediction(int(p.argmax()), p.tolist(), img) for p, (_, img) in zip(probs, prepared, strict=True)]
+        probs = self.probabilities(np.stack(images))  # (B, 10)
+        return [Prediction(int(p.argmax()), p.tolist(), img) for p, img in zip(probs, images, strict=True)]
 
 
 # -----------------------------------------------------------------------------

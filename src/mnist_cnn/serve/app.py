@@ -39,17 +39,14 @@ from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from mnist_cnn import checkpoint
-from mnist_cnn.data import normalize
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.predict.backend import load_backend
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 2 * 1024 * 1024  # bytes; larger request bodies get 413
@@ -64,7 +61,8 @@ log = logging.getLogger("mnist_cnn.serve")
 
 
 class Engine:
-    """A checkpoint loaded once, the MNIST test set loaded on first use, and the one thread that runs the model.
+    """A model loaded once (a checkpoint in PyTorch or an ONNX file in onnxruntime: `predict.backend`), the MNIST
+    test set loaded on first use, and the one thread that runs the model.
 
     Dynamic batching: handlers queue (image, future) pairs; the forward thread takes everything that is waiting
     (up to MAX_BATCH), runs it as one batch and resolves the futures. Alone, a request is a batch of one; with 16
@@ -72,12 +70,18 @@ class Engine:
     Only that thread touches the model, so no lock is needed around it.
     """
 
-    def __init__(self, model_path: str | Path, data_dir: str | Path = "data"):
-        from mnist_cnn.insight.explain import summary
-
+    def __init__(self, model_path: str | Path, data_dir: str | Path = "data", backend: str | None = None,
+                 threads: int = 1):
         self.model_path = Path(model_path)
-        self.model, self.meta = checkpoint.load(self.model_path)  # eval mode, on the CPU
-        self.summary = summary(self.model.cfg)
+        self.backend = load_backend(self.model_path, backend, threads=threads)  # .forward(u8 (B,28,28)) -> (B,10)
+        self.meta = self.backend.meta
+        self.model = getattr(self.backend, "model", None)  # the torch network (feature maps); None for ONNX
+        if self.model is not None:
+            from mnist_cnn.insight.explain import summary
+
+            self.summary = summary(self.model.cfg)
+        else:  # an ONNX model: no torch here, so no layer summary and no feature maps, only predictions
+            self.summary = {"params": int(self.meta.get("params", 0)) or None, "macs": None}
         self.data_dir = Path(data_dir)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._forward_loop, name="mnist-cnn-forward", daemon=True).start()
@@ -95,7 +99,8 @@ class Engine:
         return out
 
     def _forward_loop(self):
-        from mnist_cnn.insight.explain import activations
+        if self.model is not None:
+            from mnist_cnn.insight.explain import activations
 
         while True:
             batch = [self._queue.get()]  # wait for one request, then take whatever else is already waiting
@@ -105,17 +110,20 @@ class Engine:
                 except queue.Empty:
                     break
             try:
-                x = normalize(torch.from_numpy(np.stack([image for image, _, _ in batch])))  # (B, 1, 28, 28)
-                if any(want for _, want, _ in batch):
-                    acts = activations(self.model, x)  # {layer: (B, ...)}
+                images = np.stack([image for image, _, _ in batch])  # (B, 28, 28) uint8
+                if self.model is not None and any(want for _, want, _ in batch):
+                    import torch
+
+                    from mnist_cnn.data import normalize
+
+                    acts = activations(self.model, normalize(torch.from_numpy(images)))  # {layer: (B, ...)}
                     probs = acts["probs"]
                 else:
                     acts = None
-                    with torch.inference_mode():
-                        probs = F.softmax(self.model(x), dim=1)  # (B, 10)
+                    probs = self.backend.forward(images)  # (B, 10)
                 rows = probs.tolist()
                 for k, (_, want, future) in enumerate(batch):
-                    mine = {name: acts[name][k] for name in LAYERS} if want else None
+                    mine = {name: acts[name][k] for name in LAYERS} if want and acts else None
                     future.set_result((rows[k], mine))
             except Exception as e:  # a bug: hand it to every waiting request (-> logged 500), keep serving
                 for _, _, future in batch:
@@ -124,10 +132,10 @@ class Engine:
     def test_set(self):
         with self._test_lock:
             if self._test is None:
-                from mnist_cnn.data import load_mnist
+                from mnist_cnn.data import load_arrays
 
-                data = load_mnist(self.data_dir, quiet=True)  # fetches (verified) if absent, like `mnist-cnn data`
-                self._test = (data.test_images.numpy(), data.test_labels.numpy())
+                data = load_arrays(self.data_dir, quiet=True)  # fetches (verified) if absent, like `mnist-cnn data`
+                self._test = (data["t10k-images-idx3-ubyte"], data["t10k-labels-idx1-ubyte"].astype(np.int64))
             return self._test
 
     def model_info(self) -> dict:
@@ -146,10 +154,12 @@ class Engine:
         }
 
 
-def encode_maps(t: torch.Tensor) -> dict:
-    """One layer's activations for the page, 8-bit: (C, H, W) or (N,) -> each map (or the vector) scaled to
+def encode_maps(t) -> dict:
+    """One layer's activations (torch) for the page, 8-bit: (C, H, W) or (N,) -> each map (or the vector) scaled to
     0..255 by its own maximum. `max` keeps those maxima, so the page can still tell a strong map from a weak one.
     ~42 kB of base64 for all of conv1..fc1 of the tutorial's network instead of ~300 kB of JSON floats."""
+    import torch
+
     t = t.float().clamp_min(0)  # every layer sent is after a ReLU
     flat = t.reshape(t.shape[0], -1) if t.dim() == 3 else t.reshape(1, -1)
     peak = flat.amax(dim=1, keepdim=True)  # (C, 1)
@@ -316,10 +326,12 @@ PREDICT_BODY = {
 }
 
 
-def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | Path = "data"):
-    """The FastAPI app (BodyLimit outermost but for Starlette's error middleware). Loads the checkpoint now,
-    so a bad --model is a CheckpointError before the server starts."""
-    engine = Engine(model_path, data_dir)
+def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | Path = "data",
+               backend: str | None = None, threads: int = 1):
+    """The FastAPI app (BodyLimit outermost but for Starlette's error middleware). Loads the model now, so a bad
+    --model is a CheckpointError before the server starts. backend: "torch" (a checkpoint) or "onnxruntime" (a
+    .onnx from `mnist-cnn export`; no torch imported); None picks by the file's suffix."""
+    engine = Engine(model_path, data_dir, backend, threads)
     api = FastAPI(title="mnist-cnn", version="1", description="Draw a digit, watch the CNN think. "
                   "Every endpoint answers a client's mistake with 4xx and a message.")
     api.state.engine = engine
