@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 from pathlib import Path
@@ -92,6 +93,13 @@ def with_metadata(model_bytes: bytes, props: dict[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
+def write(path: Path, raw: bytes) -> None:
+    try:
+        atomic_write(path, raw)
+    except OSError as e:
+        raise ExportError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def parity(ref: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict:
     """How far onnxruntime's logits are from PyTorch's on the same images."""
     return {"images": int(len(ref)), "max_abs_logit_diff": float(np.abs(ref - got).max()),
@@ -103,6 +111,9 @@ def parity(ref: np.ndarray, got: np.ndarray, labels: np.ndarray) -> dict:
 def export_onnx(model_path: str | Path, out: str | Path, data_dir: str | Path = "data") -> dict:
     """Checkpoint -> checked ONNX file at `out`. Returns what was checked and written; raises ExportError (and
     writes nothing) if the model fails a check."""
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ExportError(f"export needs {', '.join(missing)}: pip install 'mnist-cnn[export]'")
     net, meta = checkpoint.load(model_path)
     arrays = load_arrays(data_dir, quiet=True)
     images, labels = arrays["t10k-images-idx3-ubyte"].copy(), arrays["t10k-labels-idx1-ubyte"]  # (10000, 28, 28)
@@ -121,7 +132,7 @@ def export_onnx(model_path: str | Path, out: str | Path, data_dir: str | Path = 
              "max_abs_logit_diff_vs_torch": f"{check['max_abs_logit_diff']:.3g}"}
     final = with_metadata(raw, props)
     out = Path(out)
-    atomic_write(out, final)
+    write(out, final)
     OnnxBackend.load(out)  # what every user of the file will do first: it must pass
     return {"path": str(out), "bytes": len(final), "opset": OPSET, **check,
             "source_test_accuracy": (meta.get("history") or [{}])[-1].get("test_accuracy")}

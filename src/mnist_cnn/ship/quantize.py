@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cnn.data import atomic_write, load_arrays
+from mnist_cnn.data import load_arrays
 from mnist_cnn.predict.backend import INPUT
+from mnist_cnn.ship.export import write
 
 CALIBRATION_BATCHES = 200  # x CALIBRATION_BATCH training images; min-max ranges settle well before that
 CALIBRATION_BATCH = 32
@@ -73,7 +74,7 @@ def quantize(fp32_path: str | Path, out: str | Path, data_dir: str | Path = "dat
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
     raw = proto.SerializeToString()
-    atomic_write(Path(out), raw)
+    write(Path(out), raw)
     return {"path": str(out), "bytes": len(raw), "fp32_bytes": Path(fp32_path).stat().st_size,
             "test_accuracy": int8_acc, "fp32_test_accuracy": fp32_acc,
             "calibration_images": batches * CALIBRATION_BATCH}

@@ -22,7 +22,13 @@
   // ---------------------------------------------------------------------------------------------------------------
   // numpy's linear percentile: a scalar q computes in float32, a list of q in float64
 
-  function sorted(values) { return Float32Array.from(values).sort(); }
+  function sorted(values) {  // ascending; every array sorted here is >= 0 and mostly exact zeros (paper)
+    const out = new Float32Array(values.length);
+    let k = 0;
+    for (const v of values) if (v > 0) out[k++] = v;
+    out.subarray(0, k).sort();
+    return out.copyWithin(values.length - k, 0, k).fill(0, 0, values.length - k);
+  }
 
   function percentile(s, q, float32) {  // s: sorted Float32Array
     const n = s.length, vi = (n - 1) * (q / 100);
@@ -37,7 +43,7 @@
   }
 
   function median(values) {  // np.median of float32 values
-    const s = sorted(values), n = s.length, m = n >> 1;
+    const s = Float32Array.from(values).sort(), n = s.length, m = n >> 1;
     return n % 2 ? s[m] : f(f(s[m - 1] + s[m]) / 2);
   }
 
