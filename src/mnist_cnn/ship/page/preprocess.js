@@ -22,12 +22,12 @@
   // ---------------------------------------------------------------------------------------------------------------
   // numpy's linear percentile: a scalar q computes in float32, a list of q in float64
 
-  function sorted(values) {  // ascending; every array sorted here is >= 0 and mostly exact zeros (paper)
-    const out = new Float32Array(values.length);
+  function sorted(values) {  // ascending, negatives taken as 0 (every array sorted here is >= 0 or clipped at 0)
+    const n = values.length, out = new Float32Array(n);  // mostly exact zeros (paper): only the ink is sorted
     let k = 0;
-    for (const v of values) if (v > 0) out[k++] = v;
+    for (let i = 0; i < n; i++) if (values[i] > 0) out[k++] = values[i];
     out.subarray(0, k).sort();
-    return out.copyWithin(values.length - k, 0, k).fill(0, 0, values.length - k);
+    return out.copyWithin(n - k, 0, k).fill(0, 0, n - k);
   }
 
   function percentile(s, q, float32) {  // s: sorted Float32Array
@@ -183,8 +183,9 @@
     for (let i = 0; i < t; i++) {
       grid.push([]);
       for (let j = 0; j < t; j++) {
-        const tile = [];
-        for (let r = ys[i]; r < ys[i + 1]; r++) for (let c = xs[j]; c < xs[j + 1]; c++) tile.push(d[r * w + c]);
+        const tile = new Float32Array((ys[i + 1] - ys[i]) * (xs[j + 1] - xs[j]));
+        let k = 0;
+        for (let r = ys[i]; r < ys[i + 1]; r++) for (let c = xs[j]; c < xs[j + 1]; c++) tile[k++] = d[r * w + c];
         grid[i].push(percentile(sorted(tile), 30, true));
       }
     }
@@ -215,7 +216,7 @@
   function removeBackground(x) {
     const { h, w } = x, bg = tileBackground(x), d = new Float32Array(h * w);
     for (let i = 0; i < d.length; i++) d[i] = f(x.d[i] - bg[i]);
-    const s = sorted(d.map((v) => Math.max(v, 0)));
+    const s = sorted(d);  // = sorted(np.clip(d, 0, None))
     const noise = (percentile(s, 30, false) - percentile(s, 10, false)) / 0.757;
     const floor = f(4.0 * noise), ink = d.filter((v) => v > floor);
     const top = ink.length ? percentile(sorted(ink), 99, true) : 0.0;
