@@ -91,6 +91,7 @@ class OnnxBackend:
             session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own Fail / InvalidProtobuf / InvalidGraph types
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            why = why.split(" failed:", 1)[-1].strip()  # drop "[ONNXRuntimeError] : 7 : ... Load model from P"
             raise CheckpointError(f"{path}: not a readable ONNX model ({why[:200]})") from None
         cls._check_signature(path, session)
         return cls(session, dict(session.get_modelmeta().custom_metadata_map))
