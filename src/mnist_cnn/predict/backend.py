@@ -73,6 +73,7 @@ class OnnxBackend:
 
     def __init__(self, session, meta: dict):
         self.session, self.meta = session, meta
+        self.input = session.get_inputs()[0].name
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 1) -> OnnxBackend:
@@ -110,8 +111,7 @@ class OnnxBackend:
             raise CheckpointError(f"{path}: output {outs[0].name!r} is {outs[0].shape}; want {want}")
 
     def forward(self, batch: np.ndarray) -> np.ndarray:  # uint8 (B, 28, 28) -> float32 (B, 10)
-        feed = {self.session.get_inputs()[0].name: check_batch(batch)}
-        (logits,) = self.session.run(None, feed)  # (B, 10)
+        (logits,) = self.session.run(None, {self.input: check_batch(batch)})  # (B, 10)
         return softmax(logits)
 
 
