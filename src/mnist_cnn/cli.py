@@ -458,14 +458,17 @@ def cmd_bench(args):
 
 
 def add_export(sub):
+    from mnist_cnn.ship.quantize import CALIBRATION_BATCH, CALIBRATION_BATCHES  # numpy only: no torch to parse
+
     p = sub.add_parser("export", help="write the model as ONNX (checked against PyTorch), int8, or a static web page")
     p.add_argument("model", metavar="MODEL", help="a checkpoint (.pth with its .json)")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("--out", metavar="FILE", help="the ONNX file (default: MODEL with .onnx)")
     p.add_argument("--quantize", action="store_true",
                    help="also write FILE's int8 version, <stem>.int8.onnx (static, calibrated on training images)")
-    p.add_argument("--calibration-batches", type=int, default=None, metavar="N",
-                   help="batches of 32 training images for --quantize's calibration (default 200)")
+    p.add_argument("--calibration-batches", type=int, default=CALIBRATION_BATCHES, metavar="N",
+                   help=f"batches of {CALIBRATION_BATCH} training images for --quantize's calibration "
+                        f"(default {CALIBRATION_BATCHES})")
     p.add_argument("--web", metavar="DIR",
                    help="also write a static page into DIR that runs the model (int8 with --quantize) in the browser")
     add_data_dir(p)
@@ -488,10 +491,10 @@ def cmd_export(args):
     if args.quantize:
         from mnist_cnn.ship import quantize
 
-        batches = args.calibration_batches or quantize.CALIBRATION_BATCHES
-        if batches < 1:
-            raise MnistCnnError(f"--calibration-batches must be at least 1, got {batches}")
-        q = report["int8"] = quantize.quantize(out, out.with_suffix(".int8.onnx"), args.data_dir, batches)
+        if args.calibration_batches < 1:
+            raise MnistCnnError(f"--calibration-batches must be at least 1, got {args.calibration_batches}")
+        q = report["int8"] = quantize.quantize(out, out.with_suffix(".int8.onnx"), args.data_dir,
+                                               args.calibration_batches)
         if not args.json:
             print(f"wrote {q['path']} ({q['bytes'] / 1e6:.2f} MB, int8): test accuracy {100 * q['test_accuracy']:.2f}%"
                   f" (fp32 {100 * q['fp32_test_accuracy']:.2f}%), calibrated on {q['calibration_images']:,} "

@@ -15,3 +15,7 @@ class ConfigError(MnistCnnError):
 
 class CheckpointError(MnistCnnError):
     """A checkpoint that is missing, unreadable, or for another architecture."""
+
+
+class ExportError(MnistCnnError):
+    """An export that cannot be written or failed its own checks (e.g. ONNX disagreeing with PyTorch)."""

@@ -27,7 +27,7 @@ import torch
 
 from mnist_cnn import __version__, checkpoint
 from mnist_cnn.data import atomic_write, load_arrays, normalize
-from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.errors import ExportError
 from mnist_cnn.model import count_params
 from mnist_cnn.predict.backend import INPUT, OUTPUT, OnnxBackend
 
@@ -38,10 +38,6 @@ PREPROCESSING = ("input: uint8 (batch, 28, 28), 0..255, white digit on black, ma
                  "longer side scaled to 20 px (aspect kept, anti-aliased), placed in 28x28 with its centre of "
                  "mass at pixel (14, 14) (mnist_cnn.predict.preprocess.to_mnist). Normalization is inside the "
                  "graph: (x / 255 - 0.5) / 0.5.")
-
-
-class ExportError(MnistCnnError):
-    """An export that failed its own checks: nothing was written."""
 
 
 class RawPixels(torch.nn.Module):

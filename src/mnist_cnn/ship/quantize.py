@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cnn.data import load_arrays
+from mnist_cnn.data import atomic_write, load_arrays
+from mnist_cnn.errors import ExportError
 from mnist_cnn.predict.backend import INPUT
-from mnist_cnn.ship.export import write
 
 CALIBRATION_BATCHES = 200  # x CALIBRATION_BATCH training images; min-max ranges settle well before that
 CALIBRATION_BATCH = 32
@@ -74,7 +74,10 @@ def quantize(fp32_path: str | Path, out: str | Path, data_dir: str | Path = "dat
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto)
     raw = proto.SerializeToString()
-    write(Path(out), raw)
+    try:
+        atomic_write(Path(out), raw)
+    except OSError as e:
+        raise ExportError(f"cannot write {out}: {e.strerror or e}") from None
     return {"path": str(out), "bytes": len(raw), "fp32_bytes": Path(fp32_path).stat().st_size,
             "test_accuracy": int8_acc, "fp32_test_accuracy": fp32_acc,
             "calibration_images": batches * CALIBRATION_BATCH}

@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from mnist_cnn.data import atomic_write
-from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.errors import ExportError
 
 ORT_WEB = "onnxruntime-web"
 ORT_WEB_VERSION = "1.30.0"
@@ -37,10 +37,6 @@ ORT_WEB_URL = f"https://registry.npmjs.org/{ORT_WEB}/-/{ORT_WEB}-{ORT_WEB_VERSIO
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")  # from package/dist/
 PAGE = Path(__file__).with_name("page")
 PAGE_FILES = ("index.html", "page.js", "preprocess.js")
-
-
-class WebExportError(MnistCnnError):
-    """onnxruntime-web could not be fetched or failed its integrity check; the page was not written."""
 
 
 def cache_file() -> Path:
@@ -64,12 +60,12 @@ def download() -> bytes:
                                       "--silent"], capture_output=True, text=True, timeout=600)
                 if run.returncode != 0:
                     why = (run.stderr.strip().splitlines() or [f"exit {run.returncode}"])[-1]
-                    raise WebExportError(f"npm pack {ORT_WEB}@{ORT_WEB_VERSION} failed: {why}")
+                    raise ExportError(f"npm pack {ORT_WEB}@{ORT_WEB_VERSION} failed: {why}")
                 return (Path(tmp) / f"{ORT_WEB}-{ORT_WEB_VERSION}.tgz").read_bytes()
         with urllib.request.urlopen(ORT_WEB_URL, timeout=60) as r:
             return r.read()
     except (OSError, subprocess.SubprocessError) as e:
-        raise WebExportError(f"cannot fetch {ORT_WEB} {ORT_WEB_VERSION} from the npm registry ({e})") from None
+        raise ExportError(f"cannot fetch {ORT_WEB} {ORT_WEB_VERSION} from the npm registry ({e})") from None
 
 
 def ort_web_tarball() -> bytes:
@@ -79,7 +75,7 @@ def ort_web_tarball() -> bytes:
         return cached.read_bytes()
     raw = download()
     if integrity(raw) != ORT_WEB_INTEGRITY:
-        raise WebExportError(f"{ORT_WEB} {ORT_WEB_VERSION} from the registry does not match its pinned integrity "
+        raise ExportError(f"{ORT_WEB} {ORT_WEB_VERSION} from the registry does not match its pinned integrity "
                              f"hash (got {integrity(raw)[:30]}..., want {ORT_WEB_INTEGRITY[:30]}...); not used")
     try:
         atomic_write(cached, raw)
@@ -117,7 +113,7 @@ def write_page(model_path: str | Path, out_dir: str | Path) -> dict:
         for name, raw in files.items():
             atomic_write(out / name, raw)
     except OSError as e:
-        raise WebExportError(f"cannot write the page into {out}: {e.strerror or e}") from None
+        raise ExportError(f"cannot write the page into {out}: {e.strerror or e}") from None
     return {"dir": str(out), "files": sorted(files), "bytes": sum(map(len, files.values())),
             "onnxruntime_web": ORT_WEB_VERSION, **{k: info[k] for k in ("kind", "test_accuracy")}}
 
