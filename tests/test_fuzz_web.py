@@ -3,7 +3,6 @@ schema (schemathesis). Bounded example counts; README: Scale and reliability has
 
 import io
 import os
-import time
 
 import numpy as np
 import pytest
@@ -16,17 +15,16 @@ from PIL import Image
 from mnist_cnn.predict.preprocess import PreprocessError, preprocess
 
 SCALE = int(os.environ.get("MNIST_CNN_FUZZ_SCALE", "1"))
-TIME_BOUND_S = 5.0  # per input, on the shared 2-core machine; a 28x28..200x200 input takes milliseconds alone
 
 
 def valid_or_refused(source):
-    t0 = time.perf_counter()
+    """A valid (1, 28, 28) input in [-1, 1], or one PreprocessError line. The work per input is bounded by what the
+    strategies draw (at most 200x200 pixels, a few kB of bytes), not by a clock."""
     try:
         x = preprocess(source)
     except PreprocessError as e:
         assert str(e) and "\n" not in str(e)
         x = None
-    assert time.perf_counter() - t0 < TIME_BOUND_S
     if x is not None:
         assert x.shape == (1, 28, 28) and x.dtype == torch.float32
         assert torch.isfinite(x).all() and x.min() >= -1 and x.max() <= 1

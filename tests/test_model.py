@@ -2,34 +2,34 @@ import pytest
 import torch
 
 from mnist_cnn import checkpoint
+from mnist_cnn.config import conv_layers
 from mnist_cnn.errors import CheckpointError, ConfigError
-from mnist_cnn.model import ModelConfig, Net, count_params, feature_sizes
+from mnist_cnn.model import ModelConfig, Net, count_params
 from mnist_cnn.perf import reference
 
 
 def test_seed_network_shapes_and_params():
     net = Net()
     assert net.flat_features == 1600  # 64 * 5 * 5, found by a dummy forward pass
-    assert [s for _, s in feature_sizes(ModelConfig())] == [26, 13, 11, 5]
+    assert [layer.side_out for layer in conv_layers(ModelConfig())] == [26, 13, 11, 5]
     assert count_params(net) == 225_034
     assert net(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
     assert sorted(net.state_dict()) == sorted(reference.Net().state_dict())
 
 
-@pytest.mark.parametrize("kw, flat", [
-    (dict(kernel_size=5), 64 * 4 * 4),  # 28-5+1=24 ->12 -> 8 -> 4
-    (dict(kernel_size=2), 64 * 6 * 6),  # 27 -> 13 -> 12 -> 6
-    (dict(pool_kernel=3, pool_stride=2), 64 * 5 * 5),  # 26 -> 12 -> 10 -> 4? see below
-    (dict(pool_kernel=4, pool_stride=4), 64 * 1 * 1),  # 26 -> 6 -> 4 -> 1
-    (dict(channels=(8, 16), fc_units=32, dropout=0.5), 16 * 5 * 5),
+@pytest.mark.parametrize("kw, sides, flat", [
+    (dict(kernel_size=5), [24, 12, 8, 4], 64 * 4 * 4),
+    (dict(kernel_size=2), [27, 13, 12, 6], 64 * 6 * 6),
+    (dict(pool_kernel=3, pool_stride=2), [26, 12, 10, 4], 64 * 4 * 4),  # floor((26 - 3) / 2) + 1 = 12
+    (dict(pool_kernel=4, pool_stride=4), [26, 6, 4, 1], 64 * 1 * 1),
+    (dict(channels=(8, 16), fc_units=32, dropout=0.5), [26, 13, 11, 5], 16 * 5 * 5),
 ])
-def test_configs_agree_with_formula(kw, flat):
+def test_configs_agree_with_formula(kw, sides, flat):
+    """The formula (conv_layers) and the dummy forward pass (flat_features) against sizes worked out by hand."""
     cfg = ModelConfig(**kw)
-    side = feature_sizes(cfg)[-1][1]
+    assert [layer.side_out for layer in conv_layers(cfg)] == sides
     net = Net(cfg)
-    assert net.flat_features == cfg.channels[1] * side * side
-    if "pool_kernel" not in kw or kw["pool_kernel"] != 3:
-        assert net.flat_features == flat
+    assert net.flat_features == flat
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 

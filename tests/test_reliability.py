@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import assert_one_line_error, run_cli
 
 from mnist_cnn import checkpoint, distributed, resume
@@ -76,28 +77,32 @@ def test_deterministic_runs_are_bit_identical(small, reference):
 # resuming
 
 
-def test_sigint_mid_epoch_saves_and_resume_is_bit_identical(small, reference, tmp_path, monkeypatch):
+def counting(then):
+    """A criterion (the plain cross-entropy) that calls then(n, loss) at its n-th call (training steps only:
+    evaluation has its own loss) and returns what that gives."""
+    calls = [0]
+
+    def criterion(logits, y):
+        calls[0] += 1
+        return then(calls[0], F.cross_entropy(logits, y))
+    return criterion
+
+
+def test_sigint_mid_epoch_saves_and_resume_is_bit_identical(small, reference, tmp_path):
     """A real SIGINT during epoch 2 (step 6 of 12): clean stop, state saved at the step, resume ends identical."""
-    import mnist_cnn.train as train_module
+    def signal_at_step_18(n, loss):  # 12 steps an epoch: step 6 of epoch 2 (counted from 0)
+        if n == 18:
+            os.kill(os.getpid(), signal.SIGINT)  # the handler only sets a flag; the loop sees it before step 7
+        return loss
 
-    calls, real = [0], train_module.F.cross_entropy
-
-    def loss_then_signal(*a, **k):
-        calls[0] += a[0].requires_grad  # training steps only, not evaluation
-        if calls[0] == 18 and a[0].requires_grad:  # 12 steps an epoch: step 6 of epoch 2
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(*a, **k)
-
-    monkeypatch.setattr(train_module.F, "cross_entropy", loss_then_signal)
     cfg = replace(BASE, out=str(tmp_path / "m.pth"), save=True)
     with pytest.raises(resume.Interrupted) as stopped:
-        train(cfg, data=small, log=quiet)
+        train(cfg, data=small, log=quiet, criterion=counting(signal_at_step_18))
     assert stopped.value.exit_code == 130
     assert "SIGINT" in stopped.value.message and "--resume" in stopped.value.message
     state = resume.load_state(tmp_path / "m.state.pt")
-    assert (state["epoch"], len(state["history"])) == (1, 1) and 6 <= state["step"] < 12
+    assert (state["epoch"], len(state["history"]), state["step"]) == (1, 1, 6)
     assert json.loads((tmp_path / "m.json").read_text())["history"] == state["history"]
-    monkeypatch.setattr(train_module.F, "cross_entropy", real)
 
     model, history = train(replace(cfg, resume=True), data=small, log=quiet)
     assert [h["epoch"] for h in history] == [1, 2]
@@ -108,49 +113,54 @@ def test_sigint_mid_epoch_saves_and_resume_is_bit_identical(small, reference, tm
     assert no_temp_files(tmp_path)
 
 
-def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(small, tmp_path, monkeypatch):
-    import mnist_cnn.train as train_module
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(small, tmp_path):
+    before = {}
 
-    calls, real, before = [0], train_module.F.cross_entropy, {}
-
-    def nan_in_epoch_two(*a, **k):
-        calls[0] += a[0].requires_grad
-        if calls[0] == 13 and not before:  # first step of epoch 2: epoch 1's files are on disk
+    def nan_from_epoch_two(n, loss):
+        if n == 13 and not before:  # first step of epoch 2: epoch 1's files are on disk
             before.update({p.name: p.read_bytes() for p in tmp_path.iterdir()})
-        return real(*a, **k) * (float("nan") if calls[0] >= 13 else 1.0)
+        return loss * (float("nan") if n >= 13 else 1.0)
 
-    monkeypatch.setattr(train_module.F, "cross_entropy", nan_in_epoch_two)
     with pytest.raises(MnistCnnError, match="lower --lr.*last good checkpoint \\(epoch 1\\)"):
-        train(replace(BASE, out=str(tmp_path / "m.pth"), save=True), data=small, log=quiet)
+        train(replace(BASE, out=str(tmp_path / "m.pth"), save=True), data=small, log=quiet,
+              criterion=counting(nan_from_epoch_two))
     assert set(before) == {"m.pth", "m.json", "m.state.pt"}
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # untouched, nothing new
     checkpoint.load(tmp_path / "m.pth")
 
 
+def paused(args, env, pause_at):
+    """Start `args` with MNIST_CNN_PAUSE_AT=EPOCH:STEP:MARKER; return the process once it waits before that step
+    (it wrote MARKER)."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**env, "MNIST_CNN_PAUSE_AT": pause_at})
+    marker = pause_at.split(":", 2)[2]
+    wait_for(lambda: os.path.exists(marker), proc)
+    return proc
+
+
 def test_sigkill_then_resume_then_sigint_then_resume(tmp_path, mnist_dir):
-    """The issue's check, through the CLI: SIGKILL mid-epoch, resume, Ctrl-C, resume; 2 epochs, sound files."""
+    """The issue's check, through the CLI: SIGKILL mid-epoch, resume, Ctrl-C, resume; 2 epochs, sound files. Each
+    signal lands while the run waits at a known step (MNIST_CNN_PAUSE_AT), never wherever the loop happens to be."""
     out = tmp_path / "m.pth"
     args = [sys.executable, "-m", "mnist_cnn", "train", "--data-dir", str(mnist_dir), "--train-subset", "1000",
             "--batch-size", "50", "--epochs", "2", "--seed", "0", "--out", str(out)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     state = resume.state_path(out)
 
-    first = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    wait_for(state.exists, first)  # epoch 1 finished and saved; epoch 2 is running
+    first = paused(args, env, f"2:5:{tmp_path / 'first'}")  # epoch 1 finished and saved; waiting before step 5
     first.kill()
     first.communicate()
     assert resume.load_state(state)["epoch"] == 1 and checkpoint.load(out)[1]["history"][0]["epoch"] == 1
 
-    second = subprocess.Popen([*args, "--resume"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env)
-    first_line = second.stdout.readline()  # printed once the SIGINT handler is in place
-    assert "resuming at epoch 2 step 0" in first_line, second.communicate()
+    second = paused([*args, "--resume"], env, f"2:7:{tmp_path / 'second'}")  # epoch 2 again, waiting before step 7
+    assert "resuming at epoch 2 step 0" in second.stdout.readline()
     second.send_signal(signal.SIGINT)
     _, err = second.communicate(timeout=300)
     assert second.returncode == 130, err
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert "interrupted by SIGINT in epoch 2/2" in err and "mnist-cnn train --resume --out" in err
-    assert resume.load_state(state)["epoch"] == 1
+    assert "interrupted by SIGINT in epoch 2/2 at step 7/20" in err and "mnist-cnn train --resume --out" in err
+    assert (resume.load_state(state)["epoch"], resume.load_state(state)["step"]) == (1, 7)
 
     third = run_cli("train", "--data-dir", mnist_dir, "--out", out, "--resume", "--json")
     assert third.returncode == 0, third.stderr

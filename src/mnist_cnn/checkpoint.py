@@ -16,7 +16,7 @@ import torch
 
 from mnist_cnn import __version__
 from mnist_cnn.data import FILES, atomic_write
-from mnist_cnn.errors import CheckpointError, ConfigError
+from mnist_cnn.errors import CheckpointError, ConfigError, cause
 from mnist_cnn.model import ModelConfig, Net
 
 
@@ -75,7 +75,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Net, dic
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file: pickle, zip, EOF, runtime errors
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({cause(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a model state_dict")
     model = Net(cfg)

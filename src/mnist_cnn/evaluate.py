@@ -26,8 +26,9 @@ def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int
     return torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
-def evaluate(model, images_u8, labels, batch_size: int = 1000, dtype=torch.float32) -> dict:
-    logits = logits_of(model, images_u8, batch_size, dtype)
+def analyse(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """(N, C) logits and (N,) labels -> the numbers every command reports: n, loss, accuracy, per-class accuracy,
+    confusion (plain Python, for JSON). `report` builds its figures on this."""
     labels = labels.to(logits.device)
     preds = logits.argmax(1)
     cm = confusion_matrix(labels, preds, logits.shape[1]).cpu()
@@ -38,6 +39,10 @@ def evaluate(model, images_u8, labels, batch_size: int = 1000, dtype=torch.float
         "per_class_accuracy": (cm.diag() / cm.sum(1).clamp(min=1)).tolist(),
         "confusion": cm.tolist(),
     }
+
+
+def evaluate(model, images_u8, labels, batch_size: int = 1000, dtype=torch.float32) -> dict:
+    return analyse(logits_of(model, images_u8, batch_size, dtype), labels)
 
 
 def format_report(ev: dict) -> str:

@@ -17,71 +17,24 @@ exactly the tutorial's (conv1.*, conv2.*, fc1.*, fc2.*), so the tutorial's own `
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mnist_cnn.config import ModelConfig
 from mnist_cnn.errors import ConfigError
-from mnist_cnn.perf import fused
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    channels: tuple[int, int] = (32, 64)
-    kernel_size: int = 3
-    pool_kernel: int = 2
-    pool_stride: int = 2
-    fc_units: int = 128
-    dropout: float = 0.0  # the tutorial has none; applied before fc1 and fc2 when > 0
-    num_classes: int = 10
-    image_size: int = 28
-
-    def __post_init__(self):
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        if len(self.channels) != 2:
-            raise ConfigError(f"channels needs two numbers (conv1 conv2), got {list(self.channels)}")
-        for name in ("kernel_size", "pool_kernel", "pool_stride", "fc_units", "num_classes", "image_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if min(self.channels) < 1:
-            raise ConfigError(f"channels must be at least 1, got {list(self.channels)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        feature_sizes(self)  # refuses a config whose feature map shrinks below 1x1
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["channels"] = list(self.channels)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
-    """Output side of a conv or pool layer: floor((W - K + 2P) / S) + 1."""
-    return (size - kernel + 2 * padding) // stride + 1
-
-
-def feature_sizes(cfg: ModelConfig) -> list[tuple[str, int]]:
-    """Side length after each layer, by the formula; raises ConfigError if any side drops below 1."""
-    sizes, side = [], cfg.image_size
-    for layer, k, s in (("conv1", cfg.kernel_size, 1), ("pool1", cfg.pool_kernel, cfg.pool_stride),
-                        ("conv2", cfg.kernel_size, 1), ("pool2", cfg.pool_kernel, cfg.pool_stride)):
-        if side < k:
-            raise ConfigError(f"{layer}: kernel {k} is larger than its {side}x{side} input "
-                              f"(the feature map would shrink below 1x1); use a smaller kernel or pool")
-        side = conv_out(side, k, s)
-        sizes.append((layer, side))
-    return sizes
+from mnist_cnn.perf import fused as fused_c
 
 
 class Net(nn.Module):
-    def __init__(self, cfg: ModelConfig = ModelConfig()):
+    """The tutorial's CNN. `fused`: run conv1 + pool + ReLU as fused.c's one C loop on the CPU (perf/fused.py).
+    None (auto): where these layers allow it and a C compiler is here, unless MNIST_CNN_FUSED=0; False: never;
+    True: always on the CPU, or ConfigError. Decided once, here: `self.fused` says whether, `self.fused_reason`
+    why not (None when on). Per call the eager layers still run for a GPU input or one that needs a gradient."""
+
+    def __init__(self, cfg: ModelConfig = ModelConfig(), fused: bool | None = None):
         super().__init__()
         self.cfg = cfg
         c1, c2 = cfg.channels
@@ -89,28 +42,45 @@ class Net(nn.Module):
         self.conv2 = nn.Conv2d(c1, c2, cfg.kernel_size)
         self.pool = nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride)
         self.dropout = nn.Dropout(cfg.dropout)
+        if fused is False or (fused is None and os.environ.get("MNIST_CNN_FUSED") == "0"):
+            self.fused_reason = "off (fused=False)" if fused is False else "off (MNIST_CNN_FUSED=0)"
+        else:
+            self.fused_reason = fused_c.unsupported(self.conv1, self.pool, cfg.image_size)
+            if fused and self.fused_reason:
+                raise ConfigError(f"fused=True, but the fused conv1 kernel is {self.fused_reason}")
+        self.fused = self.fused_reason is None
         with torch.no_grad():  # the tutorial's trick: let a dummy image tell us the flatten size
             self.flat_features = self.features(torch.zeros(1, 1, cfg.image_size, cfg.image_size)).numel()
         self.fc1 = nn.Linear(self.flat_features, cfg.fc_units)
         self.fc2 = nn.Linear(cfg.fc_units, cfg.num_classes)
 
-    def features(self, x):  # (B, 1, 28, 28) -> (B, C2, 5, 5)
+    def features(self, x, trace: dict | None = None):  # (B, 1, 28, 28) -> (B, C2, 5, 5)
         # Pool, then ReLU: the tutorial writes relu-then-pool, and it is the same function with the same gradients
         # (ReLU is monotonic, so max and ReLU commute; tests/test_bench.py checks it against the tutorial's Net),
         # but ReLU and its backward then touch 4x fewer values. Forward + backward at batch 64, bf16,
         # channels_last, 1 thread, best of 90 steps: 19.3 ms relu-then-pool, 10.1 ms pool-then-relu.
         # On the CPU the first block runs as one hand-written C loop (fused.py: the same function; forward +
-        # backward at batch 64, bf16, 2 threads: 1.60 ms eager, 0.50 ms fused).
-        if fused.applies(x, self.conv1, self.pool):
-            x = fused.conv1_pool_relu(x, self.conv1)  # (B, 1, 28, 28) -> (B, C1, 13, 13)
+        # backward at batch 64, bf16, 2 threads: 1.60 ms eager, 0.50 ms fused). A trace needs conv1's own output,
+        # which the C loop never makes, so tracing runs the eager path.
+        t = {} if trace is None else trace
+        if trace is None and self.fused and fused_c.fits(x, self.conv1, self.cfg.image_size):
+            x = fused_c.conv1_pool_relu(x, self.conv1)  # (B, 1, 28, 28) -> (B, C1, 13, 13)
         else:
-            x = F.relu(self.pool(self.conv1(x)))  # (B, C1, 26, 26) -> (B, C1, 13, 13)
-        return F.relu(self.pool(self.conv2(x)))  # (B, C2, 11, 11) -> (B, C2, 5, 5)
+            t["conv1"] = x = self.conv1(x)  # (B, C1, 26, 26), before its ReLU
+            x = F.relu(self.pool(x))
+        t["pool1"] = x  # (B, C1, 13, 13)
+        t["conv2"] = x = self.conv2(x)  # (B, C2, 11, 11), before its ReLU
+        t["pool2"] = x = F.relu(self.pool(x))  # (B, C2, 5, 5)
+        return x
 
-    def forward(self, x):  # (B, 1, 28, 28) normalized -> (B, 10) logits
-        x = torch.flatten(self.features(x), 1)  # (B, 1600)
-        x = F.relu(self.fc1(self.dropout(x)))  # (B, 128)
-        return self.fc2(self.dropout(x))  # (B, 10)
+    def forward(self, x, trace: dict | None = None):  # (B, 1, 28, 28) normalized -> (B, 10) logits
+        """trace: a dict that receives every intermediate tensor by layer name, in order (explain's layer view):
+        conv1 and conv2 before their ReLU, pool1, pool2, fc1 (after its ReLU) and logits."""
+        t = {} if trace is None else trace
+        x = torch.flatten(self.features(x, trace), 1)  # (B, 1600)
+        t["fc1"] = x = F.relu(self.fc1(self.dropout(x)))  # (B, 128)
+        t["logits"] = x = self.fc2(self.dropout(x))  # (B, 10)
+        return x
 
 
 def count_params(model: nn.Module) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mnist_cnn.data import atomic_write
-from mnist_cnn.errors import CheckpointError
+from mnist_cnn.errors import CheckpointError, cause
 
 FORMAT = "mnist-cnn train state 1"
 
@@ -65,7 +65,7 @@ def load_state(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a zip, forbidden pickle global, ...: all the same to the user
-        raise CheckpointError(f"{path}: not a readable training state ({type(e).__name__})") from None
+        raise CheckpointError(f"{path}: not a readable training state ({cause(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an mnist-cnn training state")
     for key, kind in REQUIRED.items():

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mnist_cnn.config import CONCEPT_TOPICS
 from mnist_cnn.errors import MnistCnnError
 
 
@@ -448,8 +449,7 @@ def train_eval(ctx: Context) -> dict:
     }
 
 
-TOPICS = {f.__name__: f for f in (softmax, loss, tensors, transforms, batches, conv, pool, output_size, backprop,
-                                   zero_grad, train_eval)}
+TOPICS = {name: globals()[name] for name in CONCEPT_TOPICS}  # the functions above, in config's order
 
 
 def run(topic: str | None = None, ctx: Context | None = None) -> list[dict]:

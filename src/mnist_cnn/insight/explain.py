@@ -18,8 +18,8 @@ only compare). RF is the receptive field: how many input pixels (per side) one o
 pool2 the floor drops the last conv2 row and column, so the fully connected layers see input rows 0..25 only:
 the bottom two rows and right two columns of every digit are never looked at (MNIST keeps them blank anyway).
 
-`activations(model, x)` runs the trained model's submodules one by one and keeps every intermediate tensor,
-the raw material of the `explain` figure and of the web page's layer view.
+`activations(model, x)` runs the model's own forward pass with a trace (Net.forward(x, trace)) and keeps every
+intermediate tensor, the raw material of the `explain` figure and of the web page's layer view.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mnist_cnn.model import ModelConfig, Net, conv_out
+from mnist_cnn.config import conv_layers, conv_out
+from mnist_cnn.model import ModelConfig, Net
 
 # -----------------------------------------------------------------------------
 # activations: one forward pass, every intermediate kept
@@ -36,24 +37,25 @@ from mnist_cnn.model import ModelConfig, Net, conv_out
 def activations(model: Net, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """x: normalized (B, 1, 28, 28) -> {name: tensor} in forward order (input .. logits, probs), on x's device.
 
-    The model is put in eval mode (dropout off) and nothing is tracked for autograd.
+    The model is put in eval mode (dropout off) and nothing is tracked for autograd. conv1 and conv2 are shown
+    after their ReLU (Net pools first and applies ReLU after; the two orders give the same pool1 and pool2).
     """
     if x.dim() == 3:  # (1, 28, 28): one image, as preprocess() returns it
         x = x.unsqueeze(0)
     model.eval()
     device = next(model.parameters()).device
-    out = {}
+    trace = {}
     with torch.inference_mode():
         x = x.to(device, torch.float32)
-        out["input"] = x  # (B, 1, 28, 28)
-        out["conv1"] = F.relu(model.conv1(x))  # (B, C1, 26, 26)
-        out["pool1"] = model.pool(out["conv1"])  # (B, C1, 13, 13)
-        out["conv2"] = F.relu(model.conv2(out["pool1"]))  # (B, C2, 11, 11)
-        out["pool2"] = model.pool(out["conv2"])  # (B, C2, 5, 5)
-        out["fc1"] = F.relu(model.fc1(torch.flatten(out["pool2"], 1)))  # (B, 128)
-        out["logits"] = model.fc2(out["fc1"])  # (B, 10)
-        out["probs"] = F.softmax(out["logits"], dim=1)  # (B, 10), rows sum to 1
-    return out
+        logits = model(x, trace)  # trace: conv1, pool1, conv2, pool2, fc1, logits
+        return {"input": x,  # (B, 1, 28, 28)
+                "conv1": F.relu(trace["conv1"]),  # (B, C1, 26, 26)
+                "pool1": trace["pool1"],  # (B, C1, 13, 13)
+                "conv2": F.relu(trace["conv2"]),  # (B, C2, 11, 11)
+                "pool2": trace["pool2"],  # (B, C2, 5, 5)
+                "fc1": trace["fc1"],  # (B, 128)
+                "logits": logits,  # (B, 10)
+                "probs": F.softmax(logits, dim=1)}  # (B, 10), rows sum to 1
 
 
 # -----------------------------------------------------------------------------
@@ -76,27 +78,19 @@ def summary(cfg: ModelConfig = ModelConfig()) -> dict:
     ModelConfig itself refuses (ConfigError) a config whose feature map would shrink below 1x1, so any cfg
     that reaches here gives a valid network.
     """
-    c1, c2 = cfg.channels
-    k, pk, ps, side = cfg.kernel_size, cfg.pool_kernel, cfg.pool_stride, cfg.image_size
+    side = cfg.image_size
     layers = [{"name": "input", "type": "image", "output_shape": [1, side, side], "formula": "",
                "params": 0, "macs": 0, "receptive_field": 1}]
     rf, jump = 1, 1  # receptive field and distance in input pixels between neighbouring outputs
-
-    def spatial(name, kind, c_in, c_out, kernel, stride, pool):
-        nonlocal side, rf, jump
-        new = conv_out(side, kernel, stride)
-        rf, jump = rf + (kernel - 1) * jump, jump * stride
-        params = 0 if pool else c_out * c_in * kernel * kernel + c_out
-        macs = 0 if pool else c_out * new * new * c_in * kernel * kernel
-        layers.append({"name": name, "type": kind, "output_shape": [c_out, new, new],
-                       "formula": _size_formula(side, kernel, stride, 0, pool),
-                       "params": params, "macs": macs, "receptive_field": rf})
-        side = new
-
-    spatial("conv1", f"Conv2d({1}, {c1}, {k}) + ReLU", 1, c1, k, 1, False)
-    spatial("pool1", f"MaxPool2d({pk}, {ps})", c1, c1, pk, ps, True)
-    spatial("conv2", f"Conv2d({c1}, {c2}, {k}) + ReLU", c1, c2, k, 1, False)
-    spatial("pool2", f"MaxPool2d({pk}, {ps})", c2, c2, pk, ps, True)
+    for layer in conv_layers(cfg):  # conv1, pool1, conv2, pool2
+        k, c_in, c_out, side = layer.kernel, layer.c_in, layer.c_out, layer.side_out
+        rf, jump = rf + (k - 1) * jump, jump * layer.stride
+        params = 0 if layer.pool else c_out * c_in * k * k + c_out
+        kind = f"MaxPool2d({k}, {layer.stride})" if layer.pool else f"Conv2d({c_in}, {c_out}, {k}) + ReLU"
+        layers.append({"name": layer.name, "type": kind, "output_shape": [c_out, side, side],
+                       "formula": _size_formula(layer.side_in, k, layer.stride, 0, layer.pool), "params": params,
+                       "macs": 0 if layer.pool else c_out * side * side * c_in * k * k, "receptive_field": rf})
+    c2 = cfg.channels[1]
     # the input pixels any fully connected unit can see: the span covered by the last feature map
     seen = min(cfg.image_size, (side - 1) * jump + rf)
     flat = c2 * side * side
@@ -178,16 +172,17 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None, steps: int 
 
 
 # -----------------------------------------------------------------------------
-# figures (matplotlib, Agg: no display needed)
+# figures (matplotlib's object API drawn by Agg: no display needed, pyplot's backend and figure list untouched)
 
 
-def pyplot():
-    import matplotlib
+def new_figure(**kw):
+    """A matplotlib Figure (figsize=, layout=, ...) that savefig draws with Agg; nothing process-wide changes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kw)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def mosaic(maps: torch.Tensor, cols: int) -> torch.Tensor:
@@ -215,24 +210,9 @@ def _show_maps(ax, maps, title, cols, cmap="viridis", vmin=0.0, vmax=None, fig=N
     return im
 
 
-def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None) -> dict:
-    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers."""
-    plt = pyplot()
-    acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
+def _top_row(top, acts: dict, sal: dict, pred: int):
+    """figure_explain's first row: the input, its saliency and integrated gradients, the logits, the softmax."""
     probs, logits = acts["probs"], acts["logits"]
-    pred = int(probs.argmax())
-    sal = saliency(model, x, pred)
-    c1, c2 = acts["conv1"].shape[0], acts["conv2"].shape[0]
-    cols1 = 8 if c1 % 8 == 0 or c1 > 8 else c1
-    cols2 = 8 if c2 <= 64 else 16
-
-    fig = plt.figure(figsize=(17, 13.5), layout="constrained")
-    head = f"predicted {pred} with probability {float(probs[pred]):.3f}"
-    if label is not None:
-        head += f"   (true label {label}: {'correct' if label == pred else 'WRONG'})"
-    fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
-    top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
-
     ax = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
     ax[0].imshow(acts["input"][0], cmap="gray", vmin=-1, vmax=1)
     ax[0].set_title("input as the network sees it\n28x28, normalized to [-1, 1]", fontsize=10)
@@ -263,6 +243,26 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[4].annotate(f"predicted {pred}\n{float(probs[pred]):.3f}", (pred, float(probs[pred])),
                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=9, weight="bold")
 
+
+def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None) -> dict:
+    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers."""
+    acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
+    probs, logits = acts["probs"], acts["logits"]
+    pred = int(probs.argmax())
+    sal = saliency(model, x, pred)
+    c1, c2 = acts["conv1"].shape[0], acts["conv2"].shape[0]
+    cols1 = 8 if c1 % 8 == 0 or c1 > 8 else c1
+    cols2 = 8 if c2 <= 64 else 16
+
+    fig = new_figure(figsize=(17, 13.5), layout="constrained")
+    head = f"predicted {pred} with probability {float(probs[pred]):.3f}"
+    if label is not None:
+        head += f"   (true label {label}: {'correct' if label == pred else 'WRONG'})"
+    fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
+    top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
+
+    _top_row(top, acts, sal, pred)
+
     shape = lambda t: "x".join(map(str, t.shape))  # noqa: E731
     ax = mid.subplots(1, 2)
     _show_maps(ax[0], acts["conv1"], f"conv1 + ReLU: all {c1} feature maps ({shape(acts['conv1'])})\n"
@@ -284,18 +284,16 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[2].set_yticks(range(0, n // fc_cols, 4), [str(fc_cols * r) for r in range(0, n // fc_cols, 4)])
     bot.colorbar(im, ax=ax[2], fraction=0.08, pad=0.03)
     fig.savefig(out, dpi=80)
-    plt.close(fig)
     return {"prediction": pred, "probabilities": probs.tolist(), "logits": logits.tolist(), "label": label,
             "saliency_target": sal["target"], "ig_check": sal["ig_check"], "figure": str(out)}
 
 
 def figure_filters(model: Net, out: str) -> None:
     """The learned kernels: conv1 (C1 filters of 1 channel) and conv2 (C2 filters x C1 input channels)."""
-    plt = pyplot()
     w1 = model.conv1.weight.detach().cpu()[:, 0]  # (C1, K, K)
     w2 = model.conv2.weight.detach().cpu()  # (C2, C1, K, K)
     c2, c1, k, _ = w2.shape
-    fig = plt.figure(figsize=(16, 10), layout="constrained")
+    fig = new_figure(figsize=(16, 10), layout="constrained")
     fig.suptitle(f"Learned filters (the conv layers' learnable parameters), {k}x{k} kernels; "
                  "red positive, blue negative weights", fontsize=13)
     ax = fig.subplots(1, 2, width_ratios=[1, 1.3])
@@ -316,4 +314,3 @@ def figure_filters(model: Net, out: str) -> None:
     ax[1].set_yticks([(k + 1) * i + k / 2 for i in range(0, c2, 8)], range(0, c2, 8))
     fig.colorbar(im, ax=ax[1], fraction=0.035, pad=0.02)
     fig.savefig(out, dpi=80)
-    plt.close(fig)

@@ -14,18 +14,20 @@ from pathlib import Path
 
 import torch
 
+from mnist_cnn import evaluate as evaluation
 from mnist_cnn.data import MNIST
-from mnist_cnn.evaluate import confusion_matrix, logits_of
-from mnist_cnn.insight.explain import pyplot
+from mnist_cnn.evaluate import logits_of
+from mnist_cnn.insight.explain import new_figure
 
 
 def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
-    """Predictions on the test set -> accuracy, per-class accuracy, confusion, confused pairs, mistakes."""
+    """evaluate.analyse on the test set, plus the most confused pairs and the mistakes, most confident first."""
     logits = logits_of(model, data.test_images)  # (N, 10)
+    r = evaluation.analyse(logits, data.test_labels)
     probs = torch.softmax(logits, 1)
     labels = data.test_labels.to(logits.device)
     conf, preds = probs.max(1)
-    cm = confusion_matrix(labels, preds, logits.shape[1]).cpu()
+    cm = torch.tensor(r["confusion"])
     off = cm.clone().fill_diagonal_(0)
     order = off.flatten().argsort(descending=True)[:top_pairs]
     pairs = [{"true": int(i) // cm.shape[0], "predicted": int(i) % cm.shape[0], "count": int(off.flatten()[i])}
@@ -33,11 +35,8 @@ def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
     wrong = (preds != labels).nonzero().flatten()
     wrong = wrong[conf[wrong].argsort(descending=True)]  # most confident mistakes first
     return {
-        "n": int(labels.numel()),
-        "accuracy": (preds == labels).float().mean().item(),
+        **r,
         "errors": int(wrong.numel()),
-        "per_class_accuracy": (cm.diag() / cm.sum(1).clamp(min=1)).tolist(),
-        "confusion": cm.tolist(),
         "most_confused": pairs,
         "misclassified": [{"index": int(i), "true": int(labels[i]), "predicted": int(preds[i]),
                            "probability": float(conf[i]), "p_true": float(probs[i, labels[i]])} for i in wrong],
@@ -68,10 +67,10 @@ def format_text(r: dict, history: list) -> str:
 
 
 def figure_confusion(r: dict, out: Path, title: str) -> None:
-    plt = pyplot()
     cm = torch.tensor(r["confusion"])
     k = cm.shape[0]
-    fig, ax = plt.subplots(1, 2, figsize=(14, 6.5), width_ratios=[1.25, 1], layout="constrained")
+    fig = new_figure(figsize=(14, 6.5), layout="constrained")
+    ax = fig.subplots(1, 2, width_ratios=[1.25, 1])
     fig.suptitle(f"{title}: test accuracy {100 * r['accuracy']:.2f}% on {r['n']:,} digits "
                  f"({r['errors']} errors)", fontsize=13)
     off = cm.clone().fill_diagonal_(0)
@@ -107,15 +106,13 @@ def figure_confusion(r: dict, out: Path, title: str) -> None:
                                                              for p in worst),
                    transform=ax[1].transAxes, fontsize=9)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def figure_misclassified(r: dict, images: torch.Tensor, out: Path, n: int = 40, cols: int = 10) -> None:
-    plt = pyplot()
     wrong = r["misclassified"][:n]
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.75 * rows + 0.8), squeeze=False,
-                             layout="constrained")
+    fig = new_figure(figsize=(1.45 * cols, 1.75 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     fig.suptitle(f"Misclassified test digits: the {len(wrong)} most confident of {r['errors']} mistakes\n"
                  "(true -> predicted, probability of the prediction; #test index)", fontsize=12)
     for ax in axes.flat:
@@ -127,13 +124,12 @@ def figure_misclassified(r: dict, images: torch.Tensor, out: Path, n: int = 40, 
     if not wrong:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=12)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def figure_curves(history: list, out: Path, title: str) -> None:
-    plt = pyplot()
     ep = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    fig = new_figure(figsize=(12, 4.5), layout="constrained")
+    ax = fig.subplots(1, 2)
     fig.suptitle(f"Training curves of {title} (from its checkpoint JSON)", fontsize=13)
     ax[0].plot(ep, [h["train_loss"] for h in history], "o-", label="train loss (mean over the epoch)")
     ax[0].plot(ep, [h["test_loss"] for h in history], "s-", label="test loss (after the epoch)")
@@ -153,7 +149,6 @@ def figure_curves(history: list, out: Path, title: str) -> None:
     for a in ax:
         a.set_xticks(ep)
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def report(model, meta: dict, data: MNIST, out_dir: str | Path, title: str = "the model") -> dict:

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import torch
 
+from mnist_cnn.config import STUDY_GROUPS
 from mnist_cnn.data import MNIST
 from mnist_cnn.errors import ConfigError
-from mnist_cnn.insight.explain import pyplot, summary
+from mnist_cnn.insight.explain import new_figure, summary
 from mnist_cnn.model import ModelConfig
 
 TUTORIAL_NET = ModelConfig()
@@ -72,7 +73,7 @@ def variants() -> list[Variant]:
     ]
 
 
-GROUPS = ("kernel", "pooling", "fc1", "channels", "optimizer")
+GROUPS = STUDY_GROUPS  # their names live in config.py, where the CLI reads them without loading torch
 
 
 def subset(data: MNIST, n_train: int | None, n_test: int | None) -> MNIST:
@@ -155,11 +156,10 @@ def markdown(study: dict) -> str:
 
 
 def figure(study: dict, out: Path) -> None:
-    plt = pyplot()
     rows = study["rows"]
     groups = list(dict.fromkeys(r["group"] for r in rows))
-    fig, axes = plt.subplots(2, len(groups), figsize=(3.4 * len(groups) + 1, 7.5), squeeze=False,
-                             layout="constrained", sharey="row")
+    fig = new_figure(figsize=(3.4 * len(groups) + 1, 7.5), layout="constrained")
+    axes = fig.subplots(2, len(groups), squeeze=False, sharey="row")
     st = study["settings"]
     fig.suptitle(f"Hyperparameter study: {st['epochs']} epoch(s), {st['train_images']:,} training images, "
                  f"{st['seeds']} seed(s), {st['device']} ({st['dtype']})", fontsize=13)
@@ -187,7 +187,6 @@ def figure(study: dict, out: Path) -> None:
     axes[0, 0].set_ylabel("test accuracy (%)\n(mean ± std; k p = thousand params)")
     axes[1, 0].set_ylabel("training seconds per 60k-image epoch")
     fig.savefig(out, dpi=90)
-    plt.close(fig)
 
 
 def write(study: dict, out_dir: str | Path) -> dict:

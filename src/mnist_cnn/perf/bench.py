@@ -40,7 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
-SIDES = ("tutorial", "ours", "fast")
+from mnist_cnn.config import BENCH_SIDES
+
+SIDES = BENCH_SIDES  # their names live in config.py, where the CLI reads them without loading torch
 QUICK_BATCHES = 20  # --quick: 20 batches of training per epoch and of testing, per side
 
 
@@ -101,71 +103,87 @@ def latency_ms(predict_one, png: Path, n: int = 100) -> float:
     return 1e3 * statistics.median(times)
 
 
-def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: float, quick: bool) -> dict:
+def _quiet(*a, **k):
+    pass
+
+
+def train_tutorial_side(data_dir: str, epochs: int, device, quick: bool):
+    """The tutorial's pipeline (reference.py) -> (model, history, CPU seconds of training, dtype, the tutorial's
+    one-image path: PIL, ToTensor + Normalize, forward, softmax)."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from mnist_cnn.perf import reference
+
+    cpu0 = time.process_time()
+    model, history = reference.run(data_dir, epochs, log=_quiet, device=str(device),
+                                   max_batches=QUICK_BATCHES if quick else None)
+    cpu_seconds = time.process_time() - cpu0
+    tutorial_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
+
+    def predict_one(path):
+        with torch.no_grad():
+            x = tutorial_transform(Image.open(path).convert("L")).unsqueeze(0).to(device)
+            return int(torch.softmax(model(x), 1).argmax())
+    model.eval()
+    return model, history, cpu_seconds, torch.float32, predict_one
+
+
+def train_our_side(side: str, data, epochs: int, device_name: str, device, target: float, quick: bool, tmp: Path):
+    """`train` with the side's recipe -> (model, history, CPU seconds of training, dtype, Classifier.predict (decode,
+    MNIST-style preprocess, forward, softmax), the tutorial's short path on our model (decode, normalize, forward))."""
     import numpy as np
     import torch
     from PIL import Image
 
-    from mnist_cnn.data import MNIST, load_mnist, normalize
+    from mnist_cnn import checkpoint
+    from mnist_cnn.data import MNIST, normalize
+    from mnist_cnn.predict.classifier import Classifier
+    from mnist_cnn.train import TrainConfig, pick_dtype, train
+
+    if quick:  # the same 20 batches of 64 the reference sees, and 1,280 test images
+        n = QUICK_BATCHES * 64
+        data = MNIST(data.train_images[:n], data.train_labels[:n], data.test_images[:n], data.test_labels[:n])
+    recipe = "tutorial" if side == "ours" else side
+    cfg = TrainConfig(recipe=recipe, epochs=epochs if side == "ours" else TrainConfig.epochs, device=device_name,
+                      quiet=True, target_accuracy=target if side == "fast" else None)
+    if quick and side == "fast":
+        cfg.eval_every = 4  # 20 steps: check at 12, 16, 20
+    cpu0 = time.process_time()
+    model, history = train(cfg, data, log=_quiet)
+    cpu_seconds = time.process_time() - cpu0
+    checkpoint.save(tmp / "model.pth", model)
+    clf = Classifier.load(tmp / "model.pth", device)
+    model.eval()
+
+    def plain_one(path):
+        with torch.inference_mode():
+            x = normalize(torch.from_numpy(np.array(Image.open(path).convert("L")))[None].to(device))
+            return int(torch.softmax(model(x.contiguous(memory_format=torch.channels_last)), 1).argmax())
+    return model, history, cpu_seconds, pick_dtype(cfg.precision, device), clf.predict, plain_one
+
+
+def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: float, quick: bool) -> dict:
+    import torch
+    from PIL import Image
+
+    from mnist_cnn.data import MNIST, load_mnist
     from mnist_cnn.evaluate import evaluate
-    from mnist_cnn.perf import fused
-    from mnist_cnn.train import TrainConfig, pick_device, pick_dtype, train
+    from mnist_cnn.train import pick_device
 
     device = pick_device(device_name)
     data = load_mnist(data_dir, quiet=True)
     tmp = Path(tempfile.mkdtemp(prefix="mnist-cnn-bench-"))
     png = tmp / "digit.png"
     Image.fromarray(data.test_images[0].numpy()).save(png)  # a real test digit, 28x28 grayscale PNG
-    quiet = lambda *a, **k: None  # noqa: E731
-
     if side == "tutorial":
-        from torchvision import transforms
-
-        from mnist_cnn.perf import reference
-
-        cpu0 = time.process_time()
-        model, history = reference.run(data_dir, epochs, log=quiet, device=str(device),
-                                       max_batches=QUICK_BATCHES if quick else None)
-        cpu_seconds = time.process_time() - cpu0
-        dtype = torch.float32
-        tutorial_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
-
-        def predict_one(path):  # the tutorial's path for one image: PIL, ToTensor + Normalize, forward, softmax
-            with torch.no_grad():
-                x = tutorial_transform(Image.open(path).convert("L")).unsqueeze(0).to(device)
-                return int(torch.softmax(model(x), 1).argmax())
-        model.eval()
+        model, history, cpu_seconds, dtype, predict_one = train_tutorial_side(data_dir, epochs, device, quick)
+        latency_path = "tutorial transform + forward"
     else:
-        from mnist_cnn import checkpoint
-
-        subset = data
-        if quick:  # the same 20 batches of 64 the reference sees, and 1,280 test images
-            n = QUICK_BATCHES * 64
-            subset = MNIST(data.train_images[:n], data.train_labels[:n], data.test_images[:n], data.test_labels[:n])
-        recipe = "tutorial" if side == "ours" else side
-        cfg = TrainConfig(recipe=recipe, epochs=epochs if side == "ours" else TrainConfig.epochs, device=device_name,
-                          quiet=True, target_accuracy=target if side == "fast" else None)
-        if quick and side == "fast":
-            cfg.eval_every = 4  # 20 steps: check at 12, 16, 20
-        cpu0 = time.process_time()
-        model, history = train(cfg, subset, log=quiet)
-        cpu_seconds = time.process_time() - cpu0
-        dtype = pick_dtype(cfg.precision, device)
-        path = tmp / "model.pth"
-        checkpoint.save(path, model)
-        try:  # the Classifier from the predict module: decode + MNIST-style preprocess + forward + softmax
-            from mnist_cnn.predict.classifier import Classifier
-
-            clf = Classifier.load(path, device)
-            predict_one, latency_path = clf.predict, "Classifier.predict"
-        except ImportError:  # pragma: no cover - only before the predict module exists
-            latency_path = None
-        model.eval()
-
-        def plain_one(path):  # like the reference's path: decode, normalize, forward (no MNIST-style crop)
-            with torch.inference_mode():
-                x = normalize(torch.from_numpy(np.array(Image.open(path).convert("L")))[None].to(device))
-                return int(torch.softmax(model(x.contiguous(memory_format=torch.channels_last)), 1).argmax())
+        model, history, cpu_seconds, dtype, predict_one, plain_one = train_our_side(
+            side, data, epochs, device_name, device, target, quick, tmp)
+        latency_path = "Classifier.predict"
 
     test = data if not quick else MNIST(data.train_images[:0], data.train_labels[:0],
                                        data.test_images[:QUICK_BATCHES * 64], data.test_labels[:QUICK_BATCHES * 64])
@@ -173,7 +191,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
     big = 16384 if device.type == "cuda" else 1024
     infer = inference_rate(model, data.test_images, device, dtype, side == "tutorial", big,
                            seconds=0.5 if quick else 2.0)
-    lat = latency_ms(predict_one, png, n=20 if quick else 200) if side == "tutorial" or latency_path else None
+    lat = latency_ms(predict_one, png, n=20 if quick else 200)
     lat_plain = lat if side == "tutorial" else latency_ms(plain_one, png, n=20 if quick else 200)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -187,15 +205,14 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
     return {
         "side": side, "device": str(device), "precision": str(dtype).removeprefix("torch."),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "fused_conv1": None if side == "tutorial" or device.type != "cpu" else fused.describe(
-            model.conv1, model.pool, model.cfg.image_size),
+        "fused_conv1": None if side == "tutorial" or device.type != "cpu" else model.fused_reason or "on",
         "epochs": len(history), "seconds_per_epoch": seconds, "total_seconds": cum[-1], "cpu_seconds": cpu_seconds,
         "test_accuracy": [h["test_accuracy"] for h in history], "final_accuracy": history[-1]["test_accuracy"],
         "final_accuracy_fp32": fp32_acc, "seconds_to_target": hit,
         "train_images_per_second": n_images / sum(h["train_seconds"] for h in history),
         "inference_batch": big, "inference_images_per_second": infer,
         "latency_ms": lat, "latency_plain_ms": lat_plain,
-        "latency_path": "tutorial transform + forward" if side == "tutorial" else latency_path,
+        "latency_path": latency_path,
         "peak_memory_mib": peak, "peak_memory_kind": "cuda allocated" if device.type == "cuda" else "RSS",
     }
 
@@ -207,9 +224,13 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
 def run_child(side, args) -> dict:
     cmd = [sys.executable, "-m", "mnist_cnn.perf.bench", side, args.data_dir, str(args.epochs), args.device,
            str(args.target), "1" if args.quick else "0"]
+    from mnist_cnn import GOMP_SPINCOUNT
+
     env = os.environ.copy()
     if side == "tutorial":  # the tutorial's script never sets it: libgomp's own default (mnist_cnn/__init__.py)
         env["GOMP_SPINCOUNT"] = "300000"
+    else:  # what `mnist-cnn train` runs with
+        env.setdefault("GOMP_SPINCOUNT", GOMP_SPINCOUNT)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         from mnist_cnn.errors import MnistCnnError

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cnn.data import MEAN, STD
+from mnist_cnn.data import denormalize
 from mnist_cnn.predict.backend import load_backend
 from mnist_cnn.predict.preprocess import load_image, to_mnist
 
@@ -46,8 +46,7 @@ def _is_normalized_tensor(x) -> bool:
 def prepare(x) -> np.ndarray:
     """Anything predict accepts -> the uint8 (28, 28) image the network sees."""
     if _is_normalized_tensor(x):
-        a = x.detach().float().cpu().numpy().reshape(28, 28)
-        return np.clip(np.round((a * STD + MEAN) * 255), 0, 255).astype(np.uint8)
+        return denormalize(x.detach().cpu().reshape(28, 28)).numpy()  # x is a tensor: torch is loaded already
     return to_mnist(load_image(x))
 
 

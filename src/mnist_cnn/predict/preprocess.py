@@ -30,19 +30,18 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from mnist_cnn.errors import MnistCnnError
 
 # A decompression bomb (a small file that decodes to gigapixels) must not take the machine down. 40 Mpx is
-# far above any digit photo (a 3000x3000 scan is 9 Mpx) and a 40 Mpx grayscale decode is 40 MB.
+# far above any digit photo (a 3000x3000 scan is 9 Mpx) and a 40 Mpx grayscale decode is 40 MB. Checked here,
+# from the header, before any pixel is decoded: Pillow's own process-wide limits (Image.MAX_IMAGE_PIXELS, ~89 Mpx
+# for its warning, twice that for its error) are left as the application set them.
 MAX_PIXELS = 40_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS  # Pillow warns above this and refuses above twice this; we refuse above it
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently half-grey
 
 BOX = 20  # MNIST's digits fit a 20x20 box ...
 SIDE = 28  # ... centred by mass in a 28x28 field
@@ -120,17 +119,15 @@ def load_image(source) -> Image.Image:
 def _decode(raw: bytes, name: str) -> Image.Image:
     """Bytes -> decoded PIL image. The size is checked from the header before any pixel is decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(raw))
-            w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise PreprocessError(f"{name}: image of {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit "
-                                      f"(a decompression bomb?)")
-            img.load()  # decode now, so a truncated file fails here and not later
+        img = Image.open(io.BytesIO(raw))  # reads the header only
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise PreprocessError(f"{name}: image of {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit "
+                                  f"(a decompression bomb?)")
+        img.load()  # decode now, so a truncated file fails here and not later (Pillow's default; we change none)
     except PreprocessError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning: under -W error
         raise PreprocessError(f"{name}: image is over the {MAX_PIXELS:,} pixel limit (a decompression bomb?)") from None
     except UnidentifiedImageError:
         raise PreprocessError(f"{name}: not an image Pillow can read") from None
@@ -368,7 +365,7 @@ def normalize_image(image28: np.ndarray):
 
     from mnist_cnn.data import normalize
 
-    return normalize(torch.from_numpy(np.ascontiguousarray(image28))[None])[0]
+    return normalize(torch.from_numpy(np.ascontiguousarray(image28)))
 
 
 def preprocess(source):

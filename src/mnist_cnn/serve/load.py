@@ -107,54 +107,72 @@ async def fetch_sample(host: str, port: int, timeout: float) -> list[list[int]] 
 # the run
 
 
+class Tally:
+    """The requests left in the current phase (warm-up, then counted) and, once counted, each one's outcome."""
+
+    def __init__(self):
+        self.counted, self.left, self.deadline = False, 0, 0.0
+        self.latencies: list[float] = []
+        self.errors: dict[str, int] = {}
+
+    def take(self) -> bool:
+        if self.left <= 0 or time.perf_counter() > self.deadline:
+            return False
+        self.left -= 1
+        return True
+
+    def ok(self, seconds: float):
+        if self.counted:
+            self.latencies.append(seconds)
+
+    def failed(self, e: Exception):
+        if self.counted:
+            key = str(e) if isinstance(e, LoadError) else type(e).__name__
+            self.errors[key] = self.errors.get(key, 0) + 1
+
+
+async def ask(conn, request: bytes, timeout: float):
+    """One prediction request on an open connection; LoadError unless it answers 200 with 10 probabilities."""
+    status, answer = await exchange(*conn, request, timeout)
+    if status != 200:
+        raise LoadError(f"HTTP {status}")
+    if len(json.loads(answer)["probabilities"]) != 10:
+        raise LoadError("answer without 10 probabilities")
+
+
+async def client(tally: Tally, host: str, port: int, request: bytes, timeout: float):
+    """One kept-alive connection sending requests one after the other while the tally has some left."""
+    conn = None
+    while tally.take():
+        t0 = time.perf_counter()
+        try:
+            if conn is None:
+                conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+            await ask(conn, request, timeout)
+            tally.ok(time.perf_counter() - t0)
+        except FAILURES as e:
+            tally.failed(e)
+            if conn is not None:
+                conn[1].close()
+            conn = None
+    if conn is not None:
+        conn[1].close()
+
+
 async def run(host: str, port: int, requests: int, concurrency: int, max_seconds: float, warmup: int,
               activations: bool, timeout: float = 10.0) -> dict:
     pixels = await fetch_sample(host, port, timeout)
     digit = "mnist test digit #0" if pixels else "drawn 7"
     body = json.dumps({"pixels": pixels or drawn_seven(), "activations": activations}).encode()
     request = request_bytes("POST", host, port, "/api/predict", body)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    phase = {"counted": False, "left": 0, "deadline": 0.0}
-
-    def take() -> bool:
-        if phase["left"] <= 0 or time.perf_counter() > phase["deadline"]:
-            return False
-        phase["left"] -= 1
-        return True
-
-    async def client():
-        conn = None
-        while take():
-            t0 = time.perf_counter()
-            try:
-                if conn is None:
-                    conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-                status, answer = await exchange(*conn, request, timeout)
-                if status != 200:
-                    raise LoadError(f"HTTP {status}")
-                if len(json.loads(answer)["probabilities"]) != 10:
-                    raise LoadError("answer without 10 probabilities")
-                if phase["counted"]:
-                    latencies.append(time.perf_counter() - t0)
-            except FAILURES as e:
-                if phase["counted"]:
-                    key = str(e) if isinstance(e, LoadError) else type(e).__name__
-                    errors[key] = errors.get(key, 0) + 1
-                if conn is not None:
-                    conn[1].close()
-                conn = None
-        if conn is not None:
-            conn[1].close()
-
+    tally = Tally()
     t0 = time.perf_counter()
     for counted, n in ((False, warmup), (True, requests)):  # warm-up first, not counted; then the clock starts
         start = time.perf_counter()
-        phase.update(counted=counted, left=n, deadline=t0 + max_seconds)
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        tally.counted, tally.left, tally.deadline = counted, n, t0 + max_seconds
+        await asyncio.gather(*(client(tally, host, port, request, timeout) for _ in range(concurrency)))
     wall = time.perf_counter() - start
-
-    lat = sorted(latencies)
+    lat, errors = sorted(tally.latencies), tally.errors
 
     def pct(p):
         return round(1000 * lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 2) if lat else None

@@ -59,7 +59,9 @@ for (const end of ["pointerup", "pointercancel"]) {
 }
 
 $("width").addEventListener("input", () => { $("width-out").textContent = $("width").value; });
-$("clear").addEventListener("click", () => { clearPad(); resetResult(); });
+$("clear").addEventListener("click", () => {
+  clearPad(); resetResult(); document.dispatchEvent(new CustomEvent("mnist:clear"));
+});
 
 // ---------------------------------------------------------------------------------------------------------------
 // asking the server: debounced, at most one request in flight, the latest drawing always wins
@@ -146,6 +148,7 @@ function render(r) {
   paintGray($("seen"), r.input_28x28.flat(), 28, 28);
   if (r.activations) paintMaps(r.activations);
   document.body.dataset.prediction = r.prediction;  // for tests and scripts: the page has an answer
+  document.dispatchEvent(new CustomEvent("mnist:result", { detail: r }));  // learn.js explains this answer
   document.body.dataset.updates = (+(document.body.dataset.updates || 0) + 1).toString();
   say("Keep drawing: the answer follows every stroke.");
 }
