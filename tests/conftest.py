@@ -48,7 +48,7 @@ def exported(tmp_path_factory, mnist):
     model = tiny_model(tmp_path_factory.getbasetemp(), mnist)
     folder = tmp_path_factory.mktemp("export")
     proc = run_cli("export", model, "--out", folder / "tiny.onnx", "--quantize", "--calibration-batches", 20,
-                   "--web", folder / "web", "--data-dir", ROOT / "data", "--json")
+                   "--web", folder / "web", "--data-dir", ROOT / "data", "--json", timeout=1800)
     assert proc.returncode == 0, proc.stderr
     return {"model": model, "onnx": folder / "tiny.onnx", "int8": folder / "tiny.int8.onnx", "web": folder / "web",
             "report": json.loads(proc.stdout)}
