@@ -48,6 +48,13 @@ class TorchBackend:
     def __init__(self, model, meta: dict | None = None, device="cpu"):
         self.model, self.meta, self.device = model.eval(), meta or {}, device
 
+    @property
+    def summary(self) -> dict:
+        """Per-layer shapes, params and MACs (insight.explain.summary), for the server's /api/model."""
+        from mnist_cnn.insight.explain import summary
+
+        return summary(self.model.cfg)
+
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> TorchBackend:
         from mnist_cnn import checkpoint
@@ -74,6 +81,8 @@ class OnnxBackend:
     def __init__(self, session, meta: dict):
         self.session, self.meta = session, meta
         self.input = session.get_inputs()[0].name
+        # what the server's /api/model shows; no layer walk without the PyTorch model (export records params)
+        self.summary = {"params": int(meta.get("params", 0)) or None, "macs": None}
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 1) -> OnnxBackend:

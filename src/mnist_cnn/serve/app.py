@@ -77,12 +77,7 @@ class Engine:
         self.backend = load_backend(self.model_path, backend, threads=threads)  # .forward(u8 (B,28,28)) -> (B,10)
         self.meta = self.backend.meta
         self.model = getattr(self.backend, "model", None)  # the torch network (feature maps); None for ONNX
-        if self.model is not None:
-            from mnist_cnn.insight.explain import summary
-
-            self.summary = summary(self.model.cfg)
-        else:  # an ONNX model: no torch here, so no layer summary and no feature maps, only predictions
-            self.summary = {"params": int(self.meta.get("params", 0)) or None, "macs": None}
+        self.summary = self.backend.summary
         self.data_dir = Path(data_dir)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._forward_loop, name="mnist-cnn-forward", daemon=True).start()
