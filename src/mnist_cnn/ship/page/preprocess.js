@@ -126,22 +126,20 @@
   // ---------------------------------------------------------------------------------------------------------------
   // the steps, in preprocess.py's order
 
-  function luminance(rgb, n) {  // Pillow's RGB -> L, in integers
+  function luminance(rgb, n, stride) {  // Pillow's RGB -> L, in integers; stride 3 (RGB) or 4 (RGBA, alpha unused)
     const g = new Float32Array(n);
-    for (let i = 0; i < n; i++) {
-      g[i] = f(((rgb[3 * i] * 19595 + rgb[3 * i + 1] * 38470 + rgb[3 * i + 2] * 7471 + 0x8000) >> 16) / 255.0);
+    for (let i = 0, j = 0; i < n; i++, j += stride) {
+      g[i] = f(((rgb[j] * 19595 + rgb[j + 1] * 38470 + rgb[j + 2] * 7471 + 0x8000) >> 16) / 255.0);
     }
     return g;
   }
 
   function flattenToGray(rgba, w, h) {  // flatten_transparency + to_grayscale for an RGBA image
-    const n = w * h, rgb = new Uint8Array(n * 3);
+    const n = w * h;
     let opaque = true;
     for (let i = 0; i < n; i++) if (rgba[4 * i + 3] !== 255) { opaque = false; break; }
-    if (opaque) {
-      for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) rgb[3 * i + c] = rgba[4 * i + c];
-      return image(h, w, luminance(rgb, n));
-    }
+    if (opaque) return image(h, w, luminance(rgba, n, 4));
+    const rgb = new Uint8Array(n * 3);
     const a = (i) => f(rgba[4 * i + 3] / 255.0), ch = (i, c) => f(rgba[4 * i + c] / 255.0);
     let weight = 0, inked = 0;
     for (let i = 0; i < n; i++) {
@@ -158,7 +156,7 @@
         rgb[3 * i + c] = roundHalfEven(f(v * 255));
       }
     }
-    return image(h, w, luminance(rgb, n));
+    return image(h, w, luminance(rgb, n, 3));
   }
 
   function roundHalfEven(x) { return pyRound(x); }
@@ -218,12 +216,15 @@
     for (let i = 0; i < d.length; i++) d[i] = f(x.d[i] - bg[i]);
     const s = sorted(d);  // = sorted(np.clip(d, 0, None))
     const noise = (percentile(s, 30, false) - percentile(s, 10, false)) / 0.757;
-    const floor = f(4.0 * noise), ink = d.filter((v) => v > floor);
-    const top = ink.length ? percentile(sorted(ink), 99, true) : 0.0;
+    const floor = f(4.0 * noise), ink = new Float32Array(d.length);
+    let k = 0;
+    for (let i = 0; i < d.length; i++) if (d[i] > floor) ink[k++] = d[i];
+    const top = k ? percentile(sorted(ink.subarray(0, k)), 99, true) : 0.0;
     if (top < 0.08) return image(h, w);
     const cut = Math.max(4.0 * noise, Math.min(h, w) > 64 ? 0.15 * top : 0.0);
     const cut32 = f(cut), range32 = f(top - cut);
-    return image(h, w, d.map((v) => Math.min(Math.max(f(f(v - cut32) / range32), 0.0), 1.0)));
+    for (let i = 0; i < d.length; i++) d[i] = Math.min(Math.max(f(f(d[i] - cut32) / range32), 0.0), 1.0);
+    return image(h, w, d);
   }
 
   function crop(x, r0, r1, c0, c1) {
