@@ -1,6 +1,6 @@
-"""Printed digits and awkward file formats: the README's font rows of "Predict your own digits", reproduced.
+"""Printed digits and awkward file formats: the font rows of docs/predict.md, reproduced.
 
-    python bench/fonts.py mnist_cnn_model.pth [MORE.pth ...] [--json]
+    python bench/fonts.py mnist_cnn_model.pth [MORE.pth ...] [--json] [--results bench/results/]
 
 For each model, three measurements on digits rendered from the fonts on this machine (tests/fontdigits.py;
 Debian's fonts-dejavu-core and fonts-liberation, 21 + 16 faces here, fewer where fewer are installed):
@@ -13,6 +13,7 @@ Debian's fonts-dejavu-core and fonts-liberation, 21 + 16 faces here, fewer where
 
 Every image goes through Classifier.predict_batch, the path of `mnist-cnn predict`. Each error is listed
 as (face, digit, format, predicted). A few minutes per model on 2 cores, most of it the 3000x3000 images.
+--results writes the figures with machine, date and versions as JSON (bench/results/README.md).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fontdigits import awkward, digit_set, fonts, on_paper  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from mnist_cnn.errors import MnistCnnError  # noqa: E402
+from mnist_cnn.perf.results import model_hashes, write_results  # noqa: E402
 from mnist_cnn.predict.classifier import Classifier  # noqa: E402
 
 
@@ -58,6 +60,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="accuracy of trained models on printed digits and awkward formats")
     ap.add_argument("models", nargs="+", type=Path)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--results", metavar="PATH", help="also write the figures as JSON (a folder: a dated file in it)")
     args = ap.parse_args()
     random.seed(0)
     try:
@@ -65,6 +68,10 @@ def main() -> int:
     except MnistCnnError as e:
         raise SystemExit(f"error: {e}") from None
     results = {name: measure(clf) for name, clf in models.items()}
+    if args.results:
+        path = write_results(args.results, "fonts", {"models_sha256": model_hashes(args.models), "models": results},
+                             n=1, n_is="evaluation per model (deterministic: random.seed(0)); each set's n is images")
+        print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

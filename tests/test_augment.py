@@ -33,7 +33,7 @@ def test_printed_digits_are_mnist_like_and_leave_the_test_fonts_out():
     images, labels = A.printed_digits()
     assert images.shape == (10 * len(A.PRINTED_FACES), 28, 28) and images.dtype == torch.uint8
     assert labels.tolist() == list(range(10)) * len(A.PRINTED_FACES)
-    assert not any("DejaVu" in f or "Liberation" in f for f in A.PRINTED_FACES)  # the README's test fonts
+    assert not any("DejaVu" in f or "Liberation" in f for f in A.PRINTED_FACES)  # the held-out fonts of docs/predict.md
     x = images.float().numpy()
     for im in x:  # each is a preprocessed digit: ink, centre of mass within a pixel of (14, 14)
         mass = im.sum()

@@ -17,12 +17,18 @@ def small(mnist, n_train=1024, n_test=512) -> MNIST:
                  mnist.test_images[:n_test], mnist.test_labels[:n_test])
 
 
-def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch):
+def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch, tmp_path):
     # one thread per child: on a busy 2-core machine OpenMP's spinning threads make the tutorial's loop crawl
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    proc = run_cli("bench", "--quick", "--epochs", "1", "--device", "cpu", "--data-dir", mnist_dir, "--json")
+    proc = run_cli("bench", "--quick", "--epochs", "1", "--device", "cpu", "--data-dir", mnist_dir, "--json",
+                   "--results", tmp_path)
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
+    [written] = tmp_path.glob("bench-*.json")  # --results: the same figures, wrapped with where and how
+    doc = json.loads(written.read_text())
+    assert doc["results"] == res and doc["kind"] == "bench" and doc["n"] == 1
+    assert doc["command"].startswith("python -m mnist_cnn bench --quick") and doc["machine"]["cores"] >= 1
+    assert doc["versions"]["torch"] == torch.__version__ and doc["machine"]["cpu"]
     assert set(res["sides"]) == {"tutorial", "ours", "fast"} and res["target"] == 99.0
     for name, s in res["sides"].items():
         assert s["device"] == "cpu" and s["epochs"] == 1 == len(s["seconds_per_epoch"]) == len(s["test_accuracy"])

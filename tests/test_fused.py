@@ -161,16 +161,23 @@ void conv1_pool_relu_backward(void) {}
 """
 
 
-@pytest.fixture
-def compiler(tmp_path, monkeypatch):
-    """CC: the real compiler behind a script that logs each call (so a test sees whether anything compiled)."""
-    log = tmp_path / "cc.log"
-    cc = tmp_path / "cc"
+@pytest.fixture(scope="module")
+def logged_cc(tmp_path_factory):
+    """The real compiler behind a script that logs each call (so a test sees whether anything compiled)."""
+    folder = tmp_path_factory.mktemp("cc")
+    log, cc = folder / "cc.log", folder / "cc"
+    log.write_text("")
     cc.write_text(f'#!/bin/sh\necho "$@" >> {log}\nexec {shutil.which("cc") or shutil.which("gcc")} "$@"\n')
     cc.chmod(0o755)
-    monkeypatch.setenv("CC", str(cc))
+    return cc, log
+
+
+@pytest.fixture
+def compiler(logged_cc, monkeypatch):
+    """CC set to the logging compiler for one test; returns its log."""
+    monkeypatch.setenv("CC", str(logged_cc[0]))
     fused._load.cache_clear()
-    yield log
+    yield logged_cc[1]
     monkeypatch.undo()
     fused._load.cache_clear()
 
@@ -194,12 +201,21 @@ def plant(folder, name, tmp_path):
     return marker
 
 
+@pytest.fixture(scope="module")
+def learnt(logged_cc, tmp_path_factory):
+    """(a private cache, the file name our kernel for Net() gets there), from one build with the logging compiler."""
+    cache = tmp_path_factory.mktemp("learn")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CC", str(logged_cc[0]))
+        assert build(mp, cache).fused
+    fused._load.cache_clear()
+    (so,) = (cache / "kernels").glob("*.so")
+    return cache, so.name
+
+
 @pytest.fixture
-def kernel_name(tmp_path, monkeypatch, compiler):
-    """The file name our kernel for Net() gets, learnt from a build in a private cache of its own."""
-    assert build(monkeypatch, tmp_path / "learn").fused
-    (so,) = (tmp_path / "learn" / "kernels").glob("*.so")
-    return so.name
+def kernel_name(learnt):
+    return learnt[1]
 
 
 @pytest.mark.parametrize("unsafe", ["group-writable", "other-owned", "symlink"])
@@ -224,7 +240,8 @@ def test_a_library_planted_in_an_unsafe_cache_is_never_loaded(unsafe, tmp_path, 
     net = build(monkeypatch, cache)
     x = torch.randn(3, 1, 28, 28)
     assert net.fused and runs_fused(net, x)  # compiled afresh into a private temp folder ...
-    assert len(compiler.read_text().splitlines()) > calls and "/mnist-cnn-kernel-" in compiler.read_text()
+    compiled = compiler.read_text().splitlines()[calls:]
+    assert compiled and all("/mnist-cnn-kernel-" in line for line in compiled)
     assert not marker.exists()  # ... and the planted file never ran
     ref = Net(fused=False)
     ref.load_state_dict(net.state_dict())
@@ -232,8 +249,8 @@ def test_a_library_planted_in_an_unsafe_cache_is_never_loaded(unsafe, tmp_path, 
     assert not marker.exists()
 
 
-def test_the_private_cache_loads_only_what_it_recorded(tmp_path, monkeypatch, compiler, kernel_name):
-    cache = tmp_path / "learn"  # the kernel_name fixture compiled into it: .so and its .sha256
+def test_the_private_cache_loads_only_what_it_recorded(tmp_path, monkeypatch, compiler, learnt):
+    cache, kernel_name = learnt  # compiled into it: the .so and its .sha256
     calls = len(compiler.read_text().splitlines())
     assert build(monkeypatch, cache).fused
     assert len(compiler.read_text().splitlines()) == calls  # loaded from the cache, nothing compiled
@@ -247,8 +264,10 @@ def test_the_private_cache_loads_only_what_it_recorded(tmp_path, monkeypatch, co
 def test_an_unwritable_cache_compiles_into_a_private_temp_folder(monkeypatch, tmp_path, compiler):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
+    calls = len(compiler.read_text().splitlines())
     net = build(monkeypatch, blocker / "cache")  # mkdir fails: its parent is a file; nothing cached anywhere
     assert net.fused and runs_fused(net, torch.zeros(2, 1, 28, 28))
+    assert len(compiler.read_text().splitlines()) > calls  # an empty cache: it compiled, here and now
     out = compiler.read_text().split(" -o ")[-1].split()[0]  # where the compiler wrote the library
     folder = Path(out).parent
     assert folder.name.startswith("mnist-cnn-kernel-") and str(folder.parent) == tempfile.gettempdir()

@@ -1,5 +1,5 @@
 """Fuzzing the parsers a user's file reaches, with hypothesis: each gives its result or its one error type, never
-anything else. Example counts are bounded so the file runs in well under a minute; README: Scale and reliability has the
+anything else. Example counts are bounded so the file runs in well under a minute; docs/reliability.md has the
 larger counts run once while developing and what they found.
 """
 

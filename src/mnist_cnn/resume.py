@@ -9,6 +9,11 @@ instant leaves the previous complete file under the real name:
                    position inside an interrupted epoch, the permutation generator and torch RNG states,
                    the metrics history, the training arguments
 
+Under `torchrun --max-restarts N` a dead worker makes the agent restart every worker with the same command;
+the restarted run (TORCHELASTIC_RESTART_COUNT > 0) finds the state file this run wrote (same
+TORCHELASTIC_RUN_ID, saved in the file) and resumes on its own, repeating at most the epoch that was running.
+A restart before the first epoch was saved starts again from scratch.
+
 (OUT.state.pt is `Path(OUT).with_suffix(".state.pt")`, e.g. mnist_cnn_model.state.pt.) The state file holds only
 tensors and plain Python values, so it loads with torch.load(weights_only=True) like every other file here.
 
@@ -23,8 +28,10 @@ with weights bit-identical to an uninterrupted one (tests/test_reliability.py ch
 from __future__ import annotations
 
 import io
+import os
 import signal
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,7 +52,7 @@ def state_path(out: str | Path) -> Path:
 
 def save_state(path: str | Path, state: dict) -> None:
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buf)
+    torch.save({"format": FORMAT, "run_id": os.environ.get("TORCHELASTIC_RUN_ID"), **state}, buf)
     atomic_write(Path(path), buf.getvalue())
 
 
@@ -80,6 +87,19 @@ def load_state(path: str | Path) -> dict:
     if state["epoch"] < 0 or state["step"] < 0:
         raise CheckpointError(f"{path}: training state has a negative epoch or step")
     return state
+
+
+def after_restart(cfg):
+    """cfg with resume=True when torchrun restarted this worker (TORCHELASTIC_RESTART_COUNT > 0) and the run
+    saved a state beside cfg.out under the same TORCHELASTIC_RUN_ID; otherwise cfg unchanged."""
+    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") in ("", "0") or cfg.resume or not cfg.save:
+        return cfg
+    path = state_path(cfg.out)
+    if not path.is_file():
+        return cfg  # the first attempt died before its first save: start again
+    if load_state(path).get("run_id") != os.environ.get("TORCHELASTIC_RUN_ID"):
+        return cfg  # another run's state: not ours to continue (it is overwritten after the first epoch)
+    return replace(cfg, resume=True)
 
 
 # -----------------------------------------------------------------------------

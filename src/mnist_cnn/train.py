@@ -9,7 +9,7 @@ The engine differs from the tutorial's DataLoader pipeline in how data moves, no
 
 Measured on this 2-core AMD EPYC (avx512_bf16), torch 2.14.1, batch 64, n=1 run each, 200 steps:
 fp32 4,100 img/s; bf16 + channels_last 7,990 img/s (7.5 s/epoch); a whole step with fused Adam and fused.c,
-best of 12 x 60, 4.93 ms (13,000 img/s). See README for whole-run figures.
+best of 12 x 60, 4.93 ms (13,000 img/s). See docs/performance.md for whole runs.
 """
 
 from __future__ import annotations
@@ -23,19 +23,21 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
-from functools import cache
+from functools import cache, partial
 
 import torch
 import torch.nn.functional as F
 
 from mnist_cnn import distributed, resume
+from mnist_cnn.augment import MIRRORED, printed_digits
 from mnist_cnn.augment import augment as random_distortion
-from mnist_cnn.augment import printed_digits
+from mnist_cnn.augment import light as light_distortion
 from mnist_cnn.config import AUGMENT, RECIPES, TrainConfig, apply_recipe  # noqa: F401  (importers)
-from mnist_cnn.data import MNIST, load_mnist, normalize
+from mnist_cnn.data import DIGITS, MEAN, STD, Data, load_dataset, normalize, pixel_stats
 from mnist_cnn.errors import CheckpointError, ConfigError, MnistCnnError
 from mnist_cnn.evaluate import evaluate
 from mnist_cnn.model import ModelConfig, Net
+from mnist_cnn.runlog import RunLog
 
 # -----------------------------------------------------------------------------
 # device and precision
@@ -115,10 +117,11 @@ def make_optimizer(cfg: TrainConfig, model: Net) -> torch.optim.Optimizer:
 
 def make_scheduler(cfg: TrainConfig, opt, steps_per_epoch: int):
     """None for the tutorial's constant rate; OneCycle: 25% warm-up from lr/25 to lr, cosine down to lr/1e4."""
-    if cfg.schedule == "constant":
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "constant" or total < 4:  # OneCycle needs a step in each phase (tiny runs: constant)
         return None
-    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch,
-                                               pct_start=0.25)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                               pct_start=max(0.25, 2 / total))
 
 
 NO_CARRY = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}  # nothing of an interrupted epoch done yet
@@ -132,7 +135,7 @@ class Run:
     device: torch.device
     world: distributed.World
     dtype: torch.dtype
-    data: MNIST  # on the device, --train-subset applied
+    data: Data  # on the device, --train-subset applied
     printed: tuple | None  # --augment: printed digits, (80, 1, 28, 28) normalized and (80,) labels, on the device
     model: Net  # the plain Net: saved and evaluated
     opt: torch.optim.Optimizer
@@ -143,6 +146,8 @@ class Run:
     per_rank: int  # images per step per process
     steps_per_epoch: int
     trained: torch.nn.Module | None = None  # what the steps call: the model, compiled and/or in DDP (for_training)
+    distort: Callable = random_distortion  # --augment's distortion (--augment-style)
+    runlog: RunLog | None = None  # --log-dir: TensorBoard event files (rank 0)
     pause_at: tuple[int, int, str] | None = None  # tests only: (epoch, step, marker file), see pause_for_test
 
 
@@ -172,7 +177,14 @@ class Epoch:
 # setup: seeds, data, model, optimizer; a resumed run's state
 
 
-def setup(cfg: TrainConfig, data: MNIST | None, device, world: distributed.World, criterion) -> Run:
+def model_for(cfg: TrainConfig, data: Data) -> ModelConfig:
+    """cfg.model with the dataset's class count and the input normalisation cfg.normalization asks for."""
+    own = cfg.normalization == "dataset" or (cfg.normalization == "auto" and data.name != "mnist")
+    mean, std = pixel_stats(data.train_images) if own else (MEAN, STD)
+    return replace(cfg.model, num_classes=len(data.classes), mean=mean, std=std)
+
+
+def setup(cfg: TrainConfig, data: Data | None, device, world: distributed.World, criterion) -> Run:
     dtype = pick_dtype(cfg.precision, device)
     # one seed on every rank, so all ranks draw the same permutation (rank 0 picks it when none is given)
     seed = cfg.seed if cfg.seed is not None else distributed.broadcast_int(torch.seed() % 2**62, device)
@@ -182,6 +194,8 @@ def setup(cfg: TrainConfig, data: MNIST | None, device, world: distributed.World
     # augmentation draws per image, so ranks with different batch sizes would draw differently: its own generator,
     # one per rank, keeps the permutation generator in step on all ranks
     augment_generator = torch.Generator().manual_seed(seed + 7919 * (world.rank + 1)) if cfg.augment else None
+    data = data or load_dataset(cfg.dataset, cfg.data_dir, quiet=cfg.quiet or not world.main)
+    cfg = replace(cfg, model=model_for(cfg, data))
     data, printed = prepare_data(cfg, data, world, device)
     steps_per_epoch = len(distributed.shard_batches(torch.arange(data.train_images.shape[0]), cfg.batch_size, world))
     model = Net(cfg.model).to(device).to(memory_format=torch.channels_last)
@@ -189,25 +203,27 @@ def setup(cfg: TrainConfig, data: MNIST | None, device, world: distributed.World
     if criterion is None:
         def criterion(logits, y):  # label smoothing 0 is the tutorial's plain cross-entropy
             return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    distort = (random_distortion if cfg.augment_style == "handwriting"
+               else partial(light_distortion, mirror=data.name in MIRRORED))
     return Run(cfg, device, world, dtype, data, printed, model, opt, make_scheduler(cfg, opt, steps_per_epoch),
                criterion, generator, augment_generator, distributed.per_rank_batch(cfg.batch_size, world),
-               steps_per_epoch, pause_at=pause_point_for_tests())
+               steps_per_epoch, pause_at=pause_point_for_tests(), distort=distort,
+               runlog=RunLog(cfg.log_dir, data.classes) if cfg.log_dir and world.main else None)
 
 
-def prepare_data(cfg: TrainConfig, data: MNIST | None, world, device) -> tuple[MNIST, tuple | None]:
-    """MNIST (read from cfg.data_dir unless given), cut to --train-subset, on the device; --augment's printed digits."""
-    data = data or load_mnist(cfg.data_dir, quiet=cfg.quiet or not world.main)
+def prepare_data(cfg: TrainConfig, data: Data, world, device) -> tuple[Data, tuple | None]:
+    """The dataset cut to --train-subset, on the device; --augment's printed digits (digit datasets only)."""
     if cfg.train_subset is not None:
         if cfg.train_subset > data.train_images.shape[0]:
             raise ConfigError(f"--train-subset {cfg.train_subset} is larger than the training set "
                               f"({data.train_images.shape[0]} images)")
-        data = MNIST(data.train_images[:cfg.train_subset], data.train_labels[:cfg.train_subset],
-                     data.test_images, data.test_labels)
+        data = replace(data, train_images=data.train_images[:cfg.train_subset],
+                       train_labels=data.train_labels[:cfg.train_subset])
     data = data.to(device)
     printed = None
-    if cfg.augment:  # 80 printed digits (augment.py), normalized like the training images, on the device
-        images, labels = printed_digits()
-        printed = (normalize(images.to(device)).float(), labels.to(device))
+    if cfg.augment and cfg.augment_style == "handwriting" and data.classes == DIGITS:
+        images, labels = printed_digits()  # 80 printed digits (augment.py), normalized like the training images
+        printed = (normalize(images.to(device), cfg.model.mean, cfg.model.std).float(), labels.to(device))
     n = data.train_images.shape[0]
     if cfg.batch_size > n:
         raise ConfigError(f"--batch-size {cfg.batch_size} is larger than the training set ({n} images)")
@@ -248,10 +264,7 @@ def restore(run: Run, state: dict | None) -> Progress:
 def for_training(run: Run) -> torch.nn.Module:
     """The module the steps call: the same parameters as run.model, compiled (--compile), in DDP under torchrun."""
     trained = torch.compile(run.model) if run.cfg.compile else run.model
-    if run.world.size > 1:
-        trained = torch.nn.parallel.DistributedDataParallel(
-            trained, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    return trained
+    return distributed.wrap(trained, run.opt, run.device)
 
 
 # -----------------------------------------------------------------------------
@@ -293,7 +306,8 @@ def train_epoch(run: Run, epoch: Epoch, flag: resume.StopFlag) -> tuple[torch.Te
         for step, idx in enumerate(batches):
             if stop_requested(run, epoch, step, flag):
                 return loss_sum, seen, step
-            x, y = normalize(xs[seen:seen + idx.numel()]), ys[seen:seen + idx.numel()]  # (B, 1, 28, 28) fp32, (B,)
+            x = normalize(xs[seen:seen + idx.numel()], run.cfg.model.mean, run.cfg.model.std)  # (B, 1, 28, 28)
+            y = ys[seen:seen + idx.numel()]  # (B,)
             loss, n = train_step(run, x, y)
             loss_sum += loss.detach() * n
             seen += n
@@ -305,9 +319,9 @@ def train_epoch(run: Run, epoch: Epoch, flag: resume.StopFlag) -> tuple[torch.Te
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
     """One optimizer step on (B, 1, 28, 28) normalized images and (B,) labels; returns (mean loss, B). With --augment
-    the batch is randomly distorted first (augment.py) and a share of it swapped for printed digits."""
+    the batch is randomly distorted first (augment.py, --augment-style) and a share of it swapped for printed digits."""
     if run.augment_generator is not None:
-        x, y = random_distortion(x, y, run.augment_generator, run.printed)
+        x, y = run.distort(x, y, run.augment_generator, run.printed, norm=(run.cfg.model.mean, run.cfg.model.std))
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.dtype != torch.float32):
         loss = run.criterion(run.trained(x), y)
@@ -384,12 +398,13 @@ def save(run: Run, progress: Progress, epoch_done: int, step: int, gen_state: to
     from mnist_cnn import checkpoint
 
     cfg, world = run.cfg, run.world
-    rngs = distributed.gather_objects(torch.get_rng_state(), world)  # collective: every rank takes part
-    augment_rngs = distributed.gather_objects(run.augment_generator.get_state(), world) if cfg.augment else []
+    rngs = distributed.gather_states(torch.get_rng_state(), world, run.device)  # collective: every rank takes part
+    augment_rngs = (distributed.gather_states(run.augment_generator.get_state(), world, run.device) if cfg.augment
+                    else [])
     if not (cfg.save and world.main):
         return
     if step == 0:  # a finished epoch: the plain checkpoint too
-        checkpoint.save(cfg.out, run.model, train_args(cfg), progress.history)
+        checkpoint.save(cfg.out, run.model, train_args(cfg), progress.history, dataset=run.data.describe())
     resume.save_state(resume.state_path(cfg.out), {
         "model": {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()},
         "model_config": cfg.model.to_dict(), "train_args": train_args(cfg),
@@ -480,7 +495,7 @@ def record_indices(run: Run, epoch: Epoch, steps: int):
 # the run
 
 
-def train(cfg: TrainConfig, data: MNIST | None = None, log=print, criterion=None) -> tuple[Net, list[dict]]:
+def train(cfg: TrainConfig, data: Data | None = None, log=print, criterion=None) -> tuple[Net, list[dict]]:
     """Train a Net per cfg; returns the model (on the training device) and one metrics dict per epoch.
 
     Under torchrun this is one rank of a DDP run (distributed.py); with cfg.save it writes the checkpoint and
@@ -489,6 +504,7 @@ def train(cfg: TrainConfig, data: MNIST | None = None, log=print, criterion=None
     The process-wide settings it changes (threads, determinism, cuDNN, cuBLAS) are put back when it returns.
     """
     cfg.validate()
+    cfg = resume.after_restart(cfg)  # torchrun restarted the workers after a failure: continue the saved run
     state = None
     if cfg.resume:
         state = resume.load_state(resume.state_path(cfg.out))
@@ -504,7 +520,7 @@ def train(cfg: TrainConfig, data: MNIST | None = None, log=print, criterion=None
         with engine_settings(cfg, device):
             return _train(cfg, state, data, device, world, log if world.main else (lambda *a, **k: None), criterion)
     finally:
-        distributed.teardown()
+        distributed.teardown(clean=sys.exc_info()[0] is None)  # after an error a peer may be gone: no barrier
 
 
 @contextmanager
@@ -562,6 +578,9 @@ def _train(cfg, state, data, device, world, log, criterion) -> tuple[Net, list[d
                                      "train_seconds": train_seconds, "images": int(seen),
                                      "target_checks": len(epoch.checks)})
             part = f" (stopped after {int(seen):,} images)" if stopped else ""
+            if run.runlog is not None:
+                run.runlog.epoch(progress.history[-1], run.opt.param_groups[0]["lr"], run.model, run.data,
+                                 last=number == cfg.epochs or reached(run, ev))
             log(f"epoch {number}/{cfg.epochs}  train loss {loss_sum / max(seen, 1):.4f}  test loss {ev['loss']:.4f}  "
                 f"test accuracy {100 * ev['accuracy']:.2f}%  {seconds:.1f}s{part}")
             # save; stop once the target is reached
@@ -570,6 +589,8 @@ def _train(cfg, state, data, device, world, log, criterion) -> tuple[Net, list[d
                 log(f"reached the target {cfg.target_accuracy:g}% after "
                     f"{sum(h['seconds'] for h in progress.history):.1f}s")
                 break
+    if run.runlog is not None:
+        run.runlog.close()
     return run.model, progress.history
 
 

@@ -81,7 +81,7 @@ def softmax(ctx: Context) -> dict:
                   f"softmax = exp / sum = {fmt(p)}",
                   f"sum of softmax = {p.sum().item():.4f} (a probability distribution)",
                   f"argmax = {pred}: the first class is the prediction",
-                  "seed's [cat, dog, bird] = [0.10, 0.75, 0.15]: argmax = 1, 'dog'",
+                  "the tutorial's [cat, dog, bird] = [0.10, 0.75, 0.15]: argmax = 1, 'dog'",
                   f"our Net's output for one image has shape {tuple(out.shape)}: 10 scores for 10 digit classes"],
         "result": {"softmax": [round(v, 4) for v in p.tolist()], "sum": p.sum().item(), "argmax": pred,
                    "n_outputs": out.shape[1]},

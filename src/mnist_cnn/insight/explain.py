@@ -85,10 +85,12 @@ def summary(cfg: ModelConfig = ModelConfig()) -> dict:
     for layer in conv_layers(cfg):  # conv1, pool1, conv2, pool2
         k, c_in, c_out, side = layer.kernel, layer.c_in, layer.c_out, layer.side_out
         rf, jump = rf + (k - 1) * jump, jump * layer.stride
-        params = 0 if layer.pool else c_out * c_in * k * k + c_out
-        kind = f"MaxPool2d({k}, {layer.stride})" if layer.pool else f"Conv2d({c_in}, {c_out}, {k}) + ReLU"
+        params = 0 if layer.pool else c_out * c_in * k * k + c_out + 2 * c_out * cfg.batch_norm  # BN: weight, bias
+        extra = (f", padding={layer.padding}" if layer.padding else "") + (") + BatchNorm" if cfg.batch_norm else ")")
+        kind = f"MaxPool2d({k}, {layer.stride})" if layer.pool else f"Conv2d({c_in}, {c_out}, {k}{extra} + ReLU"
         layers.append({"name": layer.name, "type": kind, "output_shape": [c_out, side, side],
-                       "formula": _size_formula(layer.side_in, k, layer.stride, 0, layer.pool), "params": params,
+                       "formula": _size_formula(layer.side_in, k, layer.stride, layer.padding, layer.pool),
+                       "params": params,
                        "macs": 0 if layer.pool else c_out * side * side * c_in * k * k, "receptive_field": rf})
     c2 = cfg.channels[1]
     # the input pixels any fully connected unit can see: the span covered by the last feature map
@@ -147,8 +149,9 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None, steps: int 
 
     x: normalized (1, 28, 28) or (1, 1, 28, 28). Integrated Gradients (Sundararajan et al. 2017) averages the
     gradient along the straight path from a baseline to x and multiplies by (x - baseline); the baseline is a
-    blank MNIST canvas (pixel 0, i.e. -1 after normalization). Its attributions sum to logit(x) - logit(blank)
-    up to the Riemann-sum error, which `ig_check` reports. All 32 path points go through the network as one batch.
+    blank canvas (pixel 0: -1 after the tutorial's normalization, -mean/std after a model's own). Its
+    attributions sum to logit(x) - logit(blank) up to the Riemann-sum error, which `ig_check` reports. All 32
+    path points go through the network as one batch.
     """
     x = x.reshape(1, 1, *x.shape[-2:]).detach().float()
     model.eval()
@@ -159,7 +162,7 @@ def saliency(model: Net, x: torch.Tensor, target: int | None = None, steps: int 
         logits = model(xg)  # (1, 10)
         target = int(logits.argmax(1)) if target is None else int(target)
         (grad,) = torch.autograd.grad(logits[0, target], xg)  # (1, 1, 28, 28)
-        baseline = torch.full_like(x, -1.0)
+        baseline = torch.full_like(x, -model.cfg.mean / model.cfg.std)  # pixel 0, normalized as trained
         alphas = (torch.arange(steps, device=device, dtype=x.dtype) + 0.5) / steps  # midpoint rule
         path = (baseline + alphas.view(-1, 1, 1, 1) * (x - baseline)).requires_grad_(True)  # (steps, 1, 28, 28)
         path_logits = model(path)[:, target]
@@ -210,20 +213,21 @@ def _show_maps(ax, maps, title, cols, cmap="viridis", vmin=0.0, vmax=None, fig=N
     return im
 
 
-def _top_row(top, acts: dict, sal: dict, pred: int):
+def _top_row(top, acts: dict, sal: dict, pred: int, names: list[str], norm: tuple[float, float]):
     """figure_explain's first row: the input, its saliency and integrated gradients, the logits, the softmax."""
     probs, logits = acts["probs"], acts["logits"]
     ax = top.subplots(1, 5, width_ratios=[1, 1, 1, 1.5, 1.5])
-    ax[0].imshow(acts["input"][0], cmap="gray", vmin=-1, vmax=1)
-    ax[0].set_title("input as the network sees it\n28x28, normalized to [-1, 1]", fontsize=10)
+    lo, hi = -norm[0] / norm[1], (1 - norm[0]) / norm[1]  # pixels 0 and 255, normalized as the model was trained
+    ax[0].imshow(acts["input"][0], cmap="gray", vmin=lo, vmax=hi)
+    ax[0].set_title(f"input as the network sees it\n28x28, normalized to [{lo:.3g}, {hi:.3g}]", fontsize=10)
     g = sal["gradient"].abs()
-    ax[1].imshow(acts["input"][0], cmap="gray", vmin=-1, vmax=1)
+    ax[1].imshow(acts["input"][0], cmap="gray", vmin=lo, vmax=hi)
     ax[1].imshow(g, cmap="hot", alpha=0.75, vmin=0, vmax=float(g.max()) or 1)
     ax[1].set_title(f"saliency: |d logit[{pred}] / d pixel|\n(input gradient)", fontsize=10)
     ig = sal["integrated_gradients"]
     lim = float(ig.abs().max()) or 1.0
     ax[2].imshow(ig, cmap="RdBu_r", vmin=-lim, vmax=lim)
-    ax[2].set_title(f"integrated gradients for class {pred}\nred: pushes towards it, blue: against", fontsize=10)
+    ax[2].set_title(f"integrated gradients for class {names[pred]}\nred: pushes towards it, blue: against", fontsize=10)
     for a in ax[:3]:
         a.set_xticks([])
         a.set_yticks([])
@@ -232,20 +236,23 @@ def _top_row(top, acts: dict, sal: dict, pred: int):
     ax[3].bar(classes, logits, color=colors)
     ax[3].axhline(0, color="black", linewidth=0.6)
     ax[3].set_title("logits (fc2 output, raw scores)", fontsize=10)
-    ax[3].set_xticks(classes)
-    ax[3].set_xlabel("digit")
+    rotate = 0 if all(len(n) <= 2 for n in names) else 60  # digits stay upright; "Ankle boot" is turned
+    ax[3].set_xticks(classes, names, rotation=rotate, fontsize=8 if rotate else None)
+    ax[3].set_xlabel("digit" if not rotate else "class")
     ax[4].bar(classes, probs, color=colors)
     ax[4].set_ylim(0, 1.3)
-    ax[4].set_xticks(classes)
-    ax[4].set_xlabel("digit")
+    ax[4].set_xticks(classes, names, rotation=rotate, fontsize=8 if rotate else None)
+    ax[4].set_xlabel("digit" if not rotate else "class")
     ax[4].set_ylabel("probability")
     ax[4].set_title("softmax(logits): sums to 1, argmax = prediction", fontsize=10)
-    ax[4].annotate(f"predicted {pred}\n{float(probs[pred]):.3f}", (pred, float(probs[pred])),
+    ax[4].annotate(f"predicted {names[pred]}\n{float(probs[pred]):.3f}", (pred, float(probs[pred])),
                    xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=9, weight="bold")
 
 
-def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None) -> dict:
-    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers."""
+def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", label: int | None = None,
+                   names: list[str] | None = None) -> dict:
+    """One figure of everything the network computes for one image; saved to `out` (PNG). Returns the numbers.
+    `names`: the class names (default: the class numbers, MNIST's digits)."""
     acts = {k: v[0].cpu() for k, v in activations(model, x).items()}
     probs, logits = acts["probs"], acts["logits"]
     pred = int(probs.argmax())
@@ -255,13 +262,14 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     cols2 = 8 if c2 <= 64 else 16
 
     fig = new_figure(figsize=(17, 13.5), layout="constrained")
-    head = f"predicted {pred} with probability {float(probs[pred]):.3f}"
+    names = [str(c) for c in range(len(probs))] if names is None else list(names)
+    head = f"predicted {names[pred]} with probability {float(probs[pred]):.3f}"
     if label is not None:
-        head += f"   (true label {label}: {'correct' if label == pred else 'WRONG'})"
+        head += f"   (true label {names[label]}: {'correct' if label == pred else 'WRONG'})"
     fig.suptitle(f"Inside the CNN{': ' + caption if caption else ''}\n{head}", fontsize=14)
     top, mid, bot = fig.subfigures(3, 1, height_ratios=[1.0, 1.15, 1.55])
 
-    _top_row(top, acts, sal, pred)
+    _top_row(top, acts, sal, pred, names, (model.cfg.mean, model.cfg.std))
 
     shape = lambda t: "x".join(map(str, t.shape))  # noqa: E731
     ax = mid.subplots(1, 2)
@@ -284,7 +292,8 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[2].set_yticks(range(0, n // fc_cols, 4), [str(fc_cols * r) for r in range(0, n // fc_cols, 4)])
     bot.colorbar(im, ax=ax[2], fraction=0.08, pad=0.03)
     fig.savefig(out, dpi=80)
-    return {"prediction": pred, "probabilities": probs.tolist(), "logits": logits.tolist(), "label": label,
+    return {"prediction": pred, "class_name": names[pred], "probabilities": probs.tolist(), "logits": logits.tolist(),
+            "label": label,
             "saliency_target": sal["target"], "ig_check": sal["ig_check"], "figure": str(out)}
 
 

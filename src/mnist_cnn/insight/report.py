@@ -1,4 +1,5 @@
-"""`mnist-cnn report`: how a trained model does on the 10,000 MNIST test digits, in numbers and pictures.
+"""`mnist-cnn report`: how a trained model does on the 10,000 test images of its dataset, in numbers and pictures.
+Classes are shown by name (MNIST's are its digits; Fashion-MNIST's "Sneaker", "Bag", ...).
 
 Writes into one folder:
     confusion.png     confusion matrix (counts, rows = true digit) beside per-class accuracy
@@ -15,13 +16,14 @@ from pathlib import Path
 import torch
 
 from mnist_cnn import evaluate as evaluation
-from mnist_cnn.data import MNIST
+from mnist_cnn.data import Data
 from mnist_cnn.evaluate import logits_of
 from mnist_cnn.insight.explain import new_figure
 
 
-def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
-    """evaluate.analyse on the test set, plus the most confused pairs and the mistakes, most confident first."""
+def analyse(model, data: Data, top_pairs: int = 10) -> dict:
+    """evaluate.analyse on the test set, plus the most confused pairs and the mistakes, most confident first,
+    and the dataset's name and class names."""
     logits = logits_of(model, data.test_images)  # (N, 10)
     r = evaluation.analyse(logits, data.test_labels)
     probs = torch.softmax(logits, 1)
@@ -36,6 +38,8 @@ def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
     wrong = wrong[conf[wrong].argsort(descending=True)]  # most confident mistakes first
     return {
         **r,
+        "dataset": data.name,
+        "classes": list(data.classes),
         "errors": int(wrong.numel()),
         "most_confused": pairs,
         "misclassified": [{"index": int(i), "true": int(labels[i]), "predicted": int(preds[i]),
@@ -46,15 +50,17 @@ def analyse(model, data: MNIST, top_pairs: int = 10) -> dict:
 def format_text(r: dict, history: list) -> str:
     lines = [f"test accuracy {100 * r['accuracy']:.2f}% ({r['n'] - r['errors']}/{r['n']}), {r['errors']} errors",
              "", "per-class accuracy:"]
-    cm = r["confusion"]
-    lines += [f"  {c}: {100 * a:6.2f}%  ({cm[c][c]}/{sum(cm[c])})" for c, a in enumerate(r["per_class_accuracy"])]
+    cm, names = r["confusion"], r["classes"]
+    digits = names == [str(c) for c in range(len(names))]
+    lines += [f"  {c}: {'' if digits else names[c] + ' '}{100 * a:6.2f}%  ({cm[c][c]}/{sum(cm[c])})"
+              for c, a in enumerate(r["per_class_accuracy"])]
     lines += ["", "most confused pairs (true -> predicted: count):"]
-    lines += [f"  {p['true']} -> {p['predicted']}: {p['count']}" for p in r["most_confused"]]
-    lines += ["", "confusion matrix (rows: true digit, columns: predicted):",
+    lines += [f"  {names[p['true']]} -> {names[p['predicted']]}: {p['count']}" for p in r["most_confused"]]
+    lines += ["", f"confusion matrix (rows: true {'digit' if digits else 'class'}, columns: predicted):",
               "      " + "".join(f"{c:>6}" for c in range(len(cm)))]
     lines += [f"  {t:>2}  " + "".join(f"{v:>6}" for v in row) for t, row in enumerate(cm)]
     lines += ["", "most confident mistakes (test index: true -> predicted, probability):"]
-    lines += [f"  #{m['index']}: {m['true']} -> {m['predicted']} ({m['probability']:.3f})"
+    lines += [f"  #{m['index']}: {names[m['true']]} -> {names[m['predicted']]} ({m['probability']:.3f})"
               for m in r["misclassified"][:10]]
     if history:
         lines += ["", "training history (from the checkpoint's JSON):",
@@ -83,10 +89,11 @@ def figure_confusion(r: dict, out: Path, title: str) -> None:
                 ax[0].text(p, t, str(v), ha="center", va="center", fontsize=8 if diag else 9,
                            color="tab:green" if diag else ("white" if v > off.max() * 0.6 else "black"),
                            weight="bold" if diag else "normal")
-    ax[0].set_xticks(range(k))
-    ax[0].set_yticks(range(k))
-    ax[0].set_xlabel("predicted digit")
-    ax[0].set_ylabel("true digit")
+    names = r["classes"]
+    ax[0].set_xticks(range(k), names, rotation=0 if all(len(n) <= 2 for n in names) else 60)
+    ax[0].set_yticks(range(k), names)
+    ax[0].set_xlabel("predicted class")
+    ax[0].set_ylabel("true class")
     ax[0].set_title("confusion matrix: counts (green diagonal = correct; red shade = errors)", fontsize=10)
     fig.colorbar(im, ax=ax[0], fraction=0.04, label="errors")
     acc = [100 * a for a in r["per_class_accuracy"]]
@@ -94,15 +101,16 @@ def figure_confusion(r: dict, out: Path, title: str) -> None:
     lo = min(acc)
     ax[1].set_xlim(max(0, lo - (100 - lo) * 0.6 - 0.5), 100)
     ax[1].invert_yaxis()
-    ax[1].set_yticks(range(k))
-    ax[1].set_ylabel("true digit")
+    ax[1].set_yticks(range(k), names)
+    ax[1].set_ylabel("true class")
     ax[1].set_xlabel("accuracy (%)")
     ax[1].set_title("per-class accuracy (axis zoomed)", fontsize=10)
     for b, a in zip(bars, acc, strict=True):
         ax[1].text(b.get_width(), b.get_y() + b.get_height() / 2, f" {a:.2f}%", va="center", fontsize=9)
     worst = r["most_confused"][:5]
     if worst:
-        ax[1].text(0.02, -0.16, "most confused: " + ", ".join(f"{p['true']}->{p['predicted']} ({p['count']})"
+        ax[1].text(0.02, -0.16, "most confused: " + ", ".join(f"{names[p['true']]}->{names[p['predicted']]} "
+                                                             f"({p['count']})"
                                                              for p in worst),
                    transform=ax[1].transAxes, fontsize=9)
     fig.savefig(out, dpi=90)
@@ -113,13 +121,15 @@ def figure_misclassified(r: dict, images: torch.Tensor, out: Path, n: int = 40, 
     rows = max(1, -(-len(wrong) // cols))
     fig = new_figure(figsize=(1.45 * cols, 1.75 * rows + 0.8), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    fig.suptitle(f"Misclassified test digits: the {len(wrong)} most confident of {r['errors']} mistakes\n"
+    names = r["classes"]
+    fig.suptitle(f"Misclassified test images: the {len(wrong)} most confident of {r['errors']} mistakes\n"
                  "(true -> predicted, probability of the prediction; #test index)", fontsize=12)
     for ax in axes.flat:
         ax.axis("off")
     for ax, m in zip(axes.flat, wrong, strict=False):
         ax.imshow(images[m["index"]], cmap="gray_r", vmin=0, vmax=255)
-        ax.set_title(f"{m['true']} -> {m['predicted']}  {m['probability']:.2f}\n#{m['index']}", fontsize=9,
+        ax.set_title(f"{names[m['true']]} -> {names[m['predicted']]}  {m['probability']:.2f}\n#{m['index']}",
+                     fontsize=9 if max(len(names[m['true']]), len(names[m['predicted']])) <= 4 else 6,
                      color="tab:red")
     if not wrong:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=12)
@@ -151,7 +161,7 @@ def figure_curves(history: list, out: Path, title: str) -> None:
     fig.savefig(out, dpi=90)
 
 
-def report(model, meta: dict, data: MNIST, out_dir: str | Path, title: str = "the model") -> dict:
+def report(model, meta: dict, data: Data, out_dir: str | Path, title: str = "the model") -> dict:
     """Analyse, write the figures, report.txt and report.json into out_dir; return the numbers and file names."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

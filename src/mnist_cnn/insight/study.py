@@ -14,8 +14,8 @@ accuracy as mean ± std over seeds.
     optimizer  Adam lr 1e-3 (seed), SGD momentum 0.9 lr 1e-2
 
 `--quick` trains 1 epoch on a fixed 6,000-image subset, one seed, and tests on all 10,000: the table's shape
-and the cost columns are right, the accuracies are those of a barely trained network. The README quotes a
-full run (see README: Understanding for the command and the machine).
+and the cost columns are right, the accuracies are those of a barely trained network. docs/understanding.md
+quotes a full run, with the command and the machine.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from mnist_cnn.config import STUDY_GROUPS
-from mnist_cnn.data import MNIST
+from mnist_cnn.data import Data
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.insight.explain import new_figure, summary
 from mnist_cnn.model import ModelConfig
@@ -76,17 +76,19 @@ def variants() -> list[Variant]:
 GROUPS = STUDY_GROUPS  # their names live in config.py, where the CLI reads them without loading torch
 
 
-def subset(data: MNIST, n_train: int | None, n_test: int | None) -> MNIST:
+def subset(data: Data, n_train: int | None, n_test: int | None) -> Data:
     """A fixed random n_train of the training set (same for every run) and the first n_test test images."""
     tr = data.train_images.shape[0]
     idx = torch.randperm(tr, generator=torch.Generator().manual_seed(0))[:n_train] if n_train else slice(None)
     te = slice(None, n_test)
-    return MNIST(data.train_images[idx], data.train_labels[idx], data.test_images[te], data.test_labels[te])
+    return replace(data, train_images=data.train_images[idx], train_labels=data.train_labels[idx],
+                   test_images=data.test_images[te], test_labels=data.test_labels[te])
 
 
-def run(data: MNIST, groups=GROUPS, seeds: int = 3, epochs: int = 3, train_subset: int | None = None,
-        test_subset: int | None = None, device: str = "auto", log=print) -> dict:
-    """Train every variant of the chosen groups `seeds` times; returns {"rows": [...], "settings": {...}}."""
+def run(data: Data, groups=GROUPS, seeds: int = 3, epochs: int = 3, train_subset: int | None = None,
+        test_subset: int | None = None, device: str = "auto", log=print, log_dir: str | None = None) -> dict:
+    """Train every variant of the chosen groups `seeds` times; returns {"rows": [...], "settings": {...}}.
+    With `log_dir`, each run writes TensorBoard event files into LOG_DIR/<group>-<variant>/seed<k>."""
     from mnist_cnn.train import TrainConfig, train
 
     if seeds < 1 or epochs < 1:
@@ -100,12 +102,14 @@ def run(data: MNIST, groups=GROUPS, seeds: int = 3, epochs: int = 3, train_subse
     n_train = data.train_images.shape[0]
     chosen = [v for v in variants() if v.group in groups]
 
-    def cfg(v, seed, n_epochs=epochs):
+    def cfg(v, seed, n_epochs=epochs, logged=True):
+        run_dir = f"{log_dir}/{v.group}-{v.label.split()[0].replace('/', '_')}/seed{seed}" if log_dir and logged \
+            else None
         return TrainConfig(epochs=n_epochs, lr=v.lr, optimizer=v.optimizer, seed=seed, device=device, quiet=True,
-                           model=v.model)
+                           model=v.model, log_dir=run_dir)
 
     # warm-up: the first run in a process pays for thread pools and kernel selection; keep it out of the timings
-    train(cfg(chosen[0], 0, 1), subset(data, min(n_train, 512), 512), log=lambda *a: None)
+    train(cfg(chosen[0], 0, 1, logged=False), subset(data, min(n_train, 512), 512), log=lambda *a: None)
     results: dict = {}  # Variant.key -> list of per-seed histories
     t0 = time.perf_counter()
     todo = list(dict.fromkeys(v.key for v in chosen))
@@ -133,7 +137,8 @@ def run(data: MNIST, groups=GROUPS, seeds: int = 3, epochs: int = 3, train_subse
     from mnist_cnn.train import pick_device, pick_dtype
 
     dev = pick_device(device)
-    settings = {"seeds": seeds, "epochs": epochs, "train_images": n_train, "test_images": data.test_images.shape[0],
+    settings = {"dataset": data.name,
+                "seeds": seeds, "epochs": epochs, "train_images": n_train, "test_images": data.test_images.shape[0],
                 "device": str(dev), "dtype": str(pick_dtype("auto", dev)).removeprefix("torch."),
                 "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "seconds": time.perf_counter() - t0}
@@ -142,7 +147,8 @@ def run(data: MNIST, groups=GROUPS, seeds: int = 3, epochs: int = 3, train_subse
 
 def markdown(study: dict) -> str:
     st = study["settings"]
-    head = (f"{st['epochs']} epoch(s) on {st['train_images']:,} training images, tested on {st['test_images']:,}; "
+    head = (f"{st.get('dataset', 'mnist')}: {st['epochs']} epoch(s) on {st['train_images']:,} training images, "
+            f"tested on {st['test_images']:,}; "
             f"{st['seeds']} seed(s); {st['device']} {st['dtype']}, torch {st['torch']}, {st['threads']} threads; "
             f"{st['seconds']:.0f} s in all")
     lines = [head, "",

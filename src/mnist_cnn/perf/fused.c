@@ -1,6 +1,6 @@
 /* conv1 (one input channel, KxK, stride 1) + 2x2 max-pool (stride 2) + ReLU in one pass, forward and backward.
  *
- * Why: on a 2-core CPU the seed's first block is memory traffic, not arithmetic. oneDNN's conv with one input
+ * Why: on a 2-core CPU the tutorial network's first block is memory traffic, not arithmetic. oneDNN's conv with one input
  * channel, max_pool2d_with_indices (int64 indices) and its backward (zero-fill a (B, 32, 26, 26) gradient, then
  * scatter) took ~2 ms of a ~6.5 ms training step for ~25 MFLOP. Here the 26x26 map is never stored: each pooled
  * output computes its four conv values, keeps the largest, adds the bias, applies ReLU, and remembers which of

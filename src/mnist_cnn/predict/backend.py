@@ -13,10 +13,12 @@ environment without torch (see docs/deploy.md).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
+from mnist_cnn.data import DIGITS, MEAN, STD
 from mnist_cnn.errors import CheckpointError
 
 BACKENDS = ("torch", "onnxruntime")
@@ -41,12 +43,17 @@ def check_batch(batch: np.ndarray) -> np.ndarray:
 
 
 class TorchBackend:
-    """A checkpoint's network in PyTorch (eval mode). `model` and `meta` are the checkpoint's."""
+    """A checkpoint's network in PyTorch (eval mode). `model` and `meta` are the checkpoint's; `classes` its class
+    names, `mean`/`std` the normalization it was trained with."""
 
     name = "torch"
 
     def __init__(self, model, meta: dict | None = None, device="cpu"):
+        from mnist_cnn import checkpoint
+
         self.model, self.meta, self.device = model.eval(), meta or {}, device
+        self.classes = checkpoint.class_names(self.meta, model.cfg.num_classes)
+        self.mean, self.std = model.cfg.mean, model.cfg.std
 
     @property
     def summary(self) -> dict:
@@ -68,13 +75,15 @@ class TorchBackend:
         from mnist_cnn.data import normalize
 
         with torch.inference_mode():
-            logits = self.model(normalize(torch.from_numpy(check_batch(batch))).to(self.device))  # (B, 10)
+            x = normalize(torch.from_numpy(check_batch(batch)), self.mean, self.std).to(self.device)
+            logits = self.model(x)  # (B, 10)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
 class OnnxBackend:
     """An ONNX model written by `mnist-cnn export`, run by onnxruntime on the CPU. `meta` holds the model's
-    metadata_props (classes, preprocessing, test accuracy, source checkpoint's sha256)."""
+    metadata_props (classes, preprocessing, test accuracy, source checkpoint's sha256). The graph normalizes
+    itself; `mean`/`std` only serve to take an already-normalized tensor back to pixels."""
 
     name = "onnxruntime"
 
@@ -83,6 +92,9 @@ class OnnxBackend:
         self.input = session.get_inputs()[0].name
         # what the server's /api/model shows; no layer walk without the PyTorch model (export records params)
         self.summary = {"params": int(meta.get("params", 0)) or None, "macs": None}
+        self.classes = [str(c) for c in json.loads(meta.get("classes", "null")) or DIGITS]
+        config = json.loads(meta.get("model_config", "{}"))
+        self.mean, self.std = config.get("mean", MEAN), config.get("std", STD)
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 1) -> OnnxBackend:

@@ -3,7 +3,11 @@
     clf = Classifier.load("mnist_cnn_model.pth")       # architecture rebuilt from the checkpoint's JSON
     clf = Classifier.load("mnist_cnn.onnx")            # an exported model, run by onnxruntime (no torch)
     p = clf.predict("my_digit.jpg")                    # path, bytes, file, PIL image, numpy array or tensor
-    p.digit, p.probabilities, p.image28                # argmax, 10 softmax probabilities, what the net saw
+    p.digit, p.label, p.probabilities, p.image28       # argmax, its class name, softmax, what the net saw
+
+A model trained on another dataset (`train --dataset fashion-mnist`) names its classes ("Sneaker") from its
+checkpoint, normalizes with the statistics it was trained with, and, as its classes are not digits, prepares
+an image by fitting the whole picture into 28x28 (`to_square`) instead of MNIST's digit cropping.
 
 As the tutorial's Q&A says, the network's last layer gives 10 scores (logits); softmax turns them into a
 probability per class and the prediction is the largest. Images go through `mnist_cnn.predict.preprocess` first,
@@ -21,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cnn.data import denormalize
+from mnist_cnn.data import DIGITS, MEAN, STD, denormalize
 from mnist_cnn.predict.backend import load_backend
-from mnist_cnn.predict.preprocess import load_image, to_mnist
+from mnist_cnn.predict.preprocess import load_image, to_mnist, to_square
 
 
 @dataclass
@@ -31,10 +35,11 @@ class Prediction:
     digit: int  # the most probable class
     probabilities: list[float]  # softmax over the 10 classes, sums to 1
     image28: np.ndarray  # uint8 (28, 28): the MNIST-style image the network saw
+    label: str = ""  # the class's name: "7" for MNIST, "Sneaker" for Fashion-MNIST
 
     def top(self, k: int = 3) -> list[tuple[int, float]]:
         """The k most probable digits with their probabilities, most probable first."""
-        order = np.argsort(self.probabilities)[::-1][:k]
+        order = np.argsort(self.probabilities)[::-1][:k]  # class numbers; names via Classifier.classes
         return [(int(d), float(self.probabilities[d])) for d in order]
 
 
@@ -43,17 +48,19 @@ def _is_normalized_tensor(x) -> bool:
         and tuple(x.shape[-2:]) == (28, 28) and x.dim() in (2, 3) and x.numel() == 784
 
 
-def prepare(x) -> np.ndarray:
-    """Anything predict accepts -> the uint8 (28, 28) image the network sees."""
-    if _is_normalized_tensor(x):
-        return denormalize(x.detach().cpu().reshape(28, 28)).numpy()  # x is a tensor: torch is loaded already
-    return to_mnist(load_image(x))
+def prepare(x, classes=DIGITS, mean: float = MEAN, std: float = STD) -> np.ndarray:
+    """Anything predict accepts -> the uint8 (28, 28) image the network sees, the way a model with these classes
+    (digits: MNIST's cropping; others: to_square) and, for a normalized tensor, this normalisation needs it."""
+    if _is_normalized_tensor(x):  # x is a tensor: torch is loaded already
+        return denormalize(x.detach().cpu().reshape(28, 28), mean, std).numpy()
+    return (to_mnist if tuple(classes) == DIGITS else to_square)(load_image(x))
 
 
 class Classifier:
     def __init__(self, backend, meta: dict | None = None):
         self.backend = backend  # .forward(uint8 (B, 28, 28)) -> float32 (B, 10) probabilities
         self.meta = meta if meta is not None else getattr(backend, "meta", {})
+        self.classes = backend.classes  # class k's name
 
     @classmethod
     def load(cls, path: str | Path = "mnist_cnn_model.pth", device="cpu", backend: str | None = None) -> Classifier:
@@ -69,11 +76,12 @@ class Classifier:
 
     def predict_batch(self, xs) -> list[Prediction]:
         """Many images in one forward pass. A bad image raises PreprocessError (naming it) before any work."""
-        images = [prepare(x) for x in xs]
+        images = [prepare(x, self.classes, self.backend.mean, self.backend.std) for x in xs]
         if not images:
             return []
         probs = self.probabilities(np.stack(images))  # (B, 10)
-        return [Prediction(int(p.argmax()), p.tolist(), img) for p, img in zip(probs, images, strict=True)]
+        return [Prediction(int(p.argmax()), p.tolist(), img, self.classes[int(p.argmax())])
+                for p, img in zip(probs, images, strict=True)]
 
 
 # -----------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from mnist_cnn.data import MEAN, STD
 from mnist_cnn.errors import MnistCnnError
 
 # A decompression bomb (a small file that decodes to gigapixels) must not take the machine down. 40 Mpx is
@@ -358,14 +359,31 @@ def to_mnist(image: Image.Image) -> np.ndarray:
     return np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def normalize_image(image28: np.ndarray):
-    """uint8 (28, 28) -> float32 torch tensor (1, 28, 28), exactly as training (`data.normalize`). The only
-    step that needs torch; everything above is numpy and Pillow, which the onnxruntime backend runs without it."""
+def to_square(image: Image.Image) -> np.ndarray:
+    """PIL image -> uint8 (28, 28) for datasets that are not digits (Fashion-MNIST and the like): bright object
+    on black, the whole picture scaled to fit 28x28 (aspect kept, area average) and centred. No ink cropping
+    or stroke work: a photo of a shoe is not a pen stroke. A 28x28 image that is already bright-on-black passes
+    through unchanged."""
+    x = white_on_black(to_grayscale(flatten_transparency(image)))  # (H, W) in [0, 1], background dark
+    h, w = x.shape
+    scale = SIDE / max(h, w)
+    small = Image.fromarray(x.astype(np.float32)).resize(
+        (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BOX if scale < 1 else UPSCALE)
+    out = np.zeros((SIDE, SIDE), np.float32)
+    sh, sw = small.size[1], small.size[0]
+    out[(SIDE - sh) // 2:(SIDE - sh) // 2 + sh, (SIDE - sw) // 2:(SIDE - sw) // 2 + sw] = np.asarray(small)
+    return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def normalize_image(image28: np.ndarray, mean: float = MEAN, std: float = STD):
+    """uint8 (28, 28) -> float32 torch tensor (1, 28, 28), exactly as training (data.normalize; the tutorial's
+    0.5/0.5 unless the model was trained with its dataset's own statistics). The only step that needs torch;
+    everything above is numpy and Pillow, which the onnxruntime backend runs without it."""
     import torch
 
     from mnist_cnn.data import normalize
 
-    return normalize(torch.from_numpy(np.ascontiguousarray(image28)))
+    return normalize(torch.from_numpy(np.ascontiguousarray(image28)), mean, std)
 
 
 def preprocess(source):

@@ -71,14 +71,16 @@ class Engine:
     Only that thread touches the model, so no lock is needed around it.
     """
 
-    def __init__(self, model_path: str | Path, data_dir: str | Path = "data", backend: str | None = None,
-                 threads: int = 1):
+    def __init__(self, model_path: str | Path, data_dir: str | Path = "data", dataset: str | None = None,
+                 backend: str | None = None, threads: int = 1):
         self.model_path = Path(model_path)
         self.backend = load_backend(self.model_path, backend, threads=threads)  # .forward(u8 (B,28,28)) -> (B,10)
         self.meta = self.backend.meta
         self.model = getattr(self.backend, "model", None)  # the torch network (feature maps); None for ONNX
         self.summary = self.backend.summary
         self.data_dir = Path(data_dir)
+        self.dataset = dataset  # None: the one the checkpoint was trained on
+        self.classes = self.backend.classes
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         threading.Thread(target=self._forward_loop, name="mnist-cnn-forward", daemon=True).start()
         self._test = None  # (images uint8 (N, 28, 28), labels int64 (N,)), loaded by test_set()
@@ -89,7 +91,8 @@ class Engine:
         future = Future()
         self._queue.put((image28, with_activations, future))
         probs, acts = await asyncio.wrap_future(future)
-        out = {"prediction": int(np.argmax(probs)), "probabilities": probs, "input_28x28": image28.tolist()}
+        out = {"prediction": int(np.argmax(probs)), "label": self.classes[int(np.argmax(probs))],
+               "probabilities": probs, "input_28x28": image28.tolist()}
         if acts is not None:
             out["activations"] = {name: encode_maps(acts[name]) for name in LAYERS}
         return out
@@ -112,7 +115,8 @@ class Engine:
 
                     from mnist_cnn.data import normalize
 
-                    acts = activations(self.model, normalize(torch.from_numpy(images)))  # {layer: (B, ...)}
+                    x = normalize(torch.from_numpy(images), self.model.cfg.mean, self.model.cfg.std)
+                    acts = activations(self.model, x)  # {layer: (B, ...)}
                     probs = acts["probs"]
                 else:
                     acts = None
@@ -128,10 +132,16 @@ class Engine:
     def test_set(self):
         with self._test_lock:
             if self._test is None:
-                from mnist_cnn.data import load_arrays
+                if self.model is None:  # onnxruntime, no torch: MNIST's test set read with numpy
+                    from mnist_cnn.data import load_arrays
 
-                data = load_arrays(self.data_dir, quiet=True)  # fetches (verified) if absent, like `mnist-cnn data`
-                self._test = (data["t10k-images-idx3-ubyte"], data["t10k-labels-idx1-ubyte"].astype(np.int64))
+                    arrays, _ = load_arrays("mnist", self.data_dir, quiet=True)  # fetched if absent, verified
+                    self._test = (arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"].astype(np.int64))
+                else:  # fetched (verified) if absent, like `mnist-cnn data`; refused if not the checkpoint's dataset
+                    from mnist_cnn import checkpoint
+
+                    data = checkpoint.load_data(self.meta, self.model_path, self.dataset, self.data_dir, quiet=True)
+                    self._test = (data.test_images.numpy(), data.test_labels.numpy())
             return self._test
 
     def model_info(self) -> dict:
@@ -301,7 +311,8 @@ class PredictOut(BaseModel):
 
 class SampleOut(BaseModel):
     index: int
-    label: int = Field(description="the true digit")
+    label: int = Field(description="the true class (the digit, for MNIST)")
+    class_name: str = Field("", description="the true class's name (e.g. 'Sneaker' on Fashion-MNIST)")
     pixels: list[list[int]] = Field(description="28x28, 0..255, white on black; POST it back as {'pixels': ...}")
     count: int = Field(description="how many test digits there are")
 
@@ -355,11 +366,11 @@ async def digit_from_request(request: Request, activations: bool) -> tuple[np.nd
 
 
 def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | Path = "data",
-               backend: str | None = None, threads: int = 1):
+               dataset: str | None = None, backend: str | None = None, threads: int = 1):
     """The FastAPI app (BodyLimit outermost but for Starlette's error middleware). Loads the model now, so a bad
     --model is a CheckpointError before the server starts. backend: "torch" (a checkpoint) or "onnxruntime" (a
     .onnx from `mnist-cnn export`; no torch imported); None picks by the file's suffix."""
-    engine = Engine(model_path, data_dir, backend, threads)
+    engine = Engine(model_path, data_dir, dataset, backend, threads)
     api = FastAPI(title="mnist-cnn", version="1", description="Draw a digit, watch the CNN think. "
                   "Every endpoint answers a client's mistake with 4xx and a message.")
     api.state.engine = engine
@@ -391,7 +402,8 @@ def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | P
             index = random.randrange(len(images))
         if index >= len(images):
             raise HTTPException(422, f"index must be in 0..{len(images) - 1}, got {index}")
-        return {"index": index, "label": int(labels[index]), "pixels": images[index].tolist(),
+        return {"index": index, "label": int(labels[index]), "class_name": engine.classes[int(labels[index])],
+                "pixels": images[index].tolist(),
                 "count": len(images)}
 
     @api.post("/api/predict", summary="classify a digit", response_model=None, openapi_extra=PREDICT_BODY,

@@ -158,17 +158,18 @@ def teach_step(s: Session, x: torch.Tensor, label: int, zero_grad: bool, train_m
 # the routes
 
 
-def _image(pixels) -> torch.Tensor:
+def _image(pixels, model: Net) -> torch.Tensor:
     from mnist_cnn.serve.app import image_from_pixels  # the one check of JSON pixels (422 on bad ones)
 
-    return normalize(torch.from_numpy(image_from_pixels(pixels))[None])  # (1, 1, 28, 28)
+    # (1, 1, 28, 28), normalized as the model was trained (its cfg.mean/std)
+    return normalize(torch.from_numpy(image_from_pixels(pixels))[None], model.cfg.mean, model.cfg.std)
 
 
 @router.post("/api/explain", summary="the arithmetic behind one unit, with the model's own numbers",
              responses={422: {"description": "pixels or unit out of range"}})
 async def explain(body: ExplainIn, request: Request):
     model = request.app.state.engine.model
-    x = _image(body.pixels)
+    x = _image(body.pixels, model)
     try:
         return await run_in_threadpool(explain_unit, model, x, body.unit.model_dump(exclude_none=True))
     except UnitError as e:
@@ -181,7 +182,7 @@ async def teach(body: TeachIn, request: Request, response: Response):
     sessions: Sessions = request.app.state.teach
     sid, s = sessions.get(request.cookies.get(COOKIE), request.app.state.engine.model)
     response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", max_age=int(IDLE_SECONDS))
-    x = _image(body.pixels)
+    x = _image(body.pixels, request.app.state.engine.model)
 
     def step():
         with s.lock:  # one step at a time per session; other sessions run in parallel

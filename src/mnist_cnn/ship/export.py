@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from mnist_cnn import __version__, checkpoint
-from mnist_cnn.data import atomic_write, load_arrays, normalize
+from mnist_cnn.data import DIGITS, atomic_write, normalize
 from mnist_cnn.errors import ExportError
 from mnist_cnn.model import count_params
 from mnist_cnn.predict.backend import INPUT, OUTPUT, OnnxBackend
@@ -37,7 +37,11 @@ CHECK_BATCH = 1000  # test images per PyTorch forward in the parity check
 PREPROCESSING = ("input: uint8 (batch, 28, 28), 0..255, white digit on black, made the MNIST way: ink cropped, "
                  "longer side scaled to 20 px (aspect kept, anti-aliased), placed in 28x28 with its centre of "
                  "mass at pixel (14, 14) (mnist_cnn.predict.preprocess.to_mnist). Normalization is inside the "
-                 "graph: (x / 255 - 0.5) / 0.5.")
+                 "graph: (x / 255 - mean) / std, the tutorial's 0.5 and 0.5 unless model_config says otherwise.")
+
+
+SQUARE = ("input: uint8 (batch, 28, 28), 0..255, bright object on black, the whole picture scaled to fit 28x28 "
+          "and centred (mnist_cnn.predict.preprocess.to_square). Normalization is inside the graph.")
 
 
 class RawPixels(torch.nn.Module):
@@ -48,7 +52,7 @@ class RawPixels(torch.nn.Module):
         self.net = net
 
     def forward(self, pixels):
-        return self.net(normalize(pixels))
+        return self.net(normalize(pixels, self.net.cfg.mean, self.net.cfg.std))
 
 
 def to_onnx(net: torch.nn.Module) -> bytes:
@@ -65,7 +69,7 @@ def to_onnx(net: torch.nn.Module) -> bytes:
 def torch_logits(net: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     """uint8 (N, 28, 28) -> float32 (N, 10), PyTorch fp32, in batches."""
     with torch.inference_mode():
-        return np.concatenate([net(normalize(torch.from_numpy(images[i:i + CHECK_BATCH]))).float().numpy()
+        return np.concatenate([RawPixels(net)(torch.from_numpy(images[i:i + CHECK_BATCH])).float().numpy()
                                for i in range(0, len(images), CHECK_BATCH)])
 
 
@@ -111,15 +115,17 @@ def export_onnx(model_path: str | Path, out: str | Path, data_dir: str | Path = 
     if missing:
         raise ExportError(f"export needs {', '.join(missing)}: pip install 'mnist-cnn[export]'")
     net, meta = checkpoint.load(model_path)
-    arrays = load_arrays(data_dir, quiet=True)
-    images, labels = arrays["t10k-images-idx3-ubyte"].copy(), arrays["t10k-labels-idx1-ubyte"]  # (10000, 28, 28)
+    data = checkpoint.load_data(meta, model_path, None, data_dir, quiet=True)  # the dataset it was trained on
+    images, labels = data.test_images.numpy(), data.test_labels.numpy()  # (10000, 28, 28) uint8, (10000,)
     raw = to_onnx(net)
     check = parity(torch_logits(net, images), onnx_logits(raw, images), labels)
     if check["argmax_mismatches"] or not check["max_abs_logit_diff"] <= TOLERANCE:
         raise ExportError(f"the ONNX model disagrees with PyTorch on the test set ({check['argmax_mismatches']} "
                           f"different digits, max |logit difference| {check['max_abs_logit_diff']:.2e} > "
                           f"{TOLERANCE:g}); nothing written")
-    props = {"classes": json.dumps([str(d) for d in range(10)]), "preprocessing": PREPROCESSING,
+    classes = checkpoint.class_names(meta, net.cfg.num_classes)
+    props = {"classes": json.dumps(classes), "dataset": checkpoint.dataset_of(meta)["name"],
+             "preprocessing": PREPROCESSING if tuple(classes) == DIGITS else SQUARE,
              "test_accuracy": f"{check['onnx_accuracy']:.4f}", "test_images": str(check["images"]),
              "source_checkpoint": Path(model_path).name,
              "source_sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),

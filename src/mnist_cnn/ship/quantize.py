@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_cnn.data import atomic_write, load_arrays
+from mnist_cnn.data import SOURCES, atomic_write, load_arrays
 from mnist_cnn.errors import ExportError
 from mnist_cnn.predict.backend import INPUT
 
@@ -55,7 +55,11 @@ def quantize(fp32_path: str | Path, out: str | Path, data_dir: str | Path = "dat
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    arrays = load_arrays(data_dir, quiet=True)
+    props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
+    if props.get("dataset", "mnist") not in SOURCES:
+        raise ExportError(f"--quantize calibrates on a known dataset's training images ({', '.join(SOURCES)}); "
+                          f"this model was trained on {props['dataset']}")
+    arrays, _ = load_arrays(props.get("dataset", "mnist"), data_dir, quiet=True)
     images, labels = arrays["t10k-images-idx3-ubyte"].copy(), arrays["t10k-labels-idx1-ubyte"]  # (10000, 28, 28)
     with tempfile.TemporaryDirectory(prefix="mnist-cnn-quantize-") as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
@@ -65,7 +69,6 @@ def quantize(fp32_path: str | Path, out: str | Path, data_dir: str | Path = "dat
                         activation_type=QuantType.QUInt8, op_types_to_quantize=QUANTIZED_OPS)
         int8_acc, fp32_acc = accuracy(quantized, images, labels), accuracy(fp32_path, images, labels)
         proto = onnx.load(str(quantized))
-    props = {p.key: p.value for p in onnx.load(str(fp32_path)).metadata_props}
     props.update(test_accuracy=f"{int8_acc:.4f}", fp32_test_accuracy=f"{fp32_acc:.4f}",
                  quantization=f"int8 static QDQ, per-channel int8 weights, uint8 activations, min-max calibrated "
                               f"on {batches * CALIBRATION_BATCH} training images")

@@ -98,16 +98,20 @@ def model_info(model_path: Path) -> dict:
     acc = props.get("test_accuracy")
     return {"file": model_path.name, "kind": "int8" if "quantization" in props else "fp32",
             "test_accuracy": float(acc) if acc else None, "source_sha256": props.get("source_sha256"),
+            "classes": json.loads(props.get("classes", "null")) or [str(d) for d in range(10)],
             "onnxruntime_web": ORT_WEB_VERSION}
 
 
 def write_page(model_path: str | Path, out_dir: str | Path) -> dict:
     """The page, the model and onnxruntime-web's wasm build into out_dir (created; files there are replaced)."""
     model_path, out = Path(model_path), Path(out_dir)
+    info = model_info(model_path)
+    if info["classes"] != [str(d) for d in range(10)]:
+        raise ExportError(f"--web: the page prepares digits the MNIST way (preprocess.js ports to_mnist); this "
+                          f"model's classes are {', '.join(info['classes'][:4])}, ...")
     files = {f"ort/{name}": raw for name, raw in ort_files(ort_web_tarball()).items()}
     files.update({name: (PAGE / name).read_bytes() for name in PAGE_FILES})
     files["model.onnx"] = model_path.read_bytes()
-    info = model_info(model_path)
     files["model.json"] = (json.dumps(info, indent=2) + "\n").encode()
     try:
         for name, raw in files.items():
