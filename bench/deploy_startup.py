@@ -1,12 +1,14 @@
 """Cold start and memory of `mnist-cnn predict` and `mnist-cnn serve`, PyTorch backend against onnxruntime.
 
-    python bench/deploy_startup.py --pth mnist_cnn_model.pth --onnx mnist_cnn_model.onnx [--repeats 3]
+    python bench/deploy_startup.py --pth mnist_cnn_model.pth --onnx mnist_cnn_model.onnx [--repeats 3] \
+        [--results bench/results/]
 
 For each repeat, in ABBA order (this VM slows under sustained load):
   predict  wall time of `mnist-cnn predict DIGIT.png --model M` as a new process (import, load, preprocess, run)
   serve    seconds from starting `mnist-cnn serve --model M` to its first 200 on /healthz; then 20 predictions
            and the server's resident memory (VmRSS) and peak (VmHWM) from /proc
-Prints medians and writes every run, the machine and its load average to bench/results/deploy_startup.json.
+Prints medians; with --results (a file or folder, e.g. bench/results/) writes every run and the load average
+before and after through mnist_cnn.perf.results (kind "deploy_startup").
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "bench" / "results" / "deploy_startup.json"
 
 
 def free_port() -> int:
@@ -83,6 +83,7 @@ def main():
     p.add_argument("--onnx", required=True)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data-dir", default="data")
+    p.add_argument("--results", metavar="PATH", help="write the runs as JSON (a file, or a folder: named by date)")
     args = p.parse_args()
     models = {"torch": Path(args.pth), "onnxruntime": Path(args.onnx)}
     image = Path(tempfile.mkdtemp()) / "seven.png"
@@ -100,17 +101,17 @@ def main():
             print(json.dumps(run), flush=True)
     med = {b: {k: statistics.median(x[k] for x in runs if x["backend"] == b)
                for k in ("predict_s", "ready_s", "VmRSS", "VmHWM")} for b in models}
-    result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                          "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
-              "n": args.repeats, "median": med, "runs": runs}
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    result = {"loadavg_before": load_before, "loadavg_after": os.getloadavg(), "median": med, "runs": runs}
+    if args.results:
+        from mnist_cnn.perf.results import write_results
+
+        path = write_results(args.results, "deploy_startup", result, n=args.repeats,
+                             n_is="repeats of each backend, ABBA order (figures are their medians)")
+        print(f"wrote {path}")
     print(f"{'':12} {'predict s':>10} {'serve ready s':>14} {'RSS MiB':>8} {'peak MiB':>9}  medians, n={args.repeats}")
     for b, m in med.items():
         print(f"{b:12} {m['predict_s']:10.2f} {m['ready_s']:14.2f} {m['VmRSS']:8.0f} {m['VmHWM']:9.0f}")
-    print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
-          f"wrote {OUT.relative_to(ROOT)}")
+    print(f"load average before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":
