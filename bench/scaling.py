@@ -4,9 +4,10 @@
 
 1. images/s training (train_seconds of the history: no start-up, no evaluation), `mnist-cnn train` alone against
    `torchrun --standalone --nproc-per-node 2`, alternating the order, same nice level, n = --repeats each;
-   the threads are the project's default (the cores, shared among the processes of a node).
+   the threads are the project's default (the cores, shared among the processes of a node); with --one-thread
+   also 1 process with --threads 1 (on a machine busy with other work 2 threads can be far slower than 1).
 2. the all-reduce of the model's 225,034 fp32 gradients between 2 processes over gloo on loopback (median of 50).
-3. one training step (forward, backward, Adam) in one process at each batch size (median of 20).
+3. one training step (forward, backward, Adam) in one process, 1 thread, at each batch size (median of 10).
 Writes bench/results/scaling-*.json and prints a summary. Say how loaded the machine was when you quote it.
 """
 
@@ -24,19 +25,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def train_rate(procs: int, batch: int, subset: int, data_dir: str, out: Path) -> dict:
+def train_rate(procs: int, batch: int, subset: int, data_dir: str, out: Path, threads: int = 0) -> dict:
     launcher = ([sys.executable, "-m", "mnist_cnn"] if procs == 1 else
                 [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs),
                  "-m", "mnist_cnn"])
     cmd = [*launcher, "train", "--data-dir", data_dir, "--epochs", "1", "--train-subset", str(subset),
-           "--batch-size", str(batch), "--seed", "0", "--out", str(out), "--json"]
+           "--batch-size", str(batch), "--seed", "0", "--out", str(out), "--json", "--threads", str(threads)]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     if p.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {p.stderr[-2000:]}")
     h = json.loads(p.stdout)["history"][0]
-    return {"procs": procs, "batch": batch, "images_per_s": h["images"] / h["train_seconds"], "wall_s": wall,
+    return {"procs": procs, "threads": threads or "auto", "batch": batch,
+            "images_per_s": h["images"] / h["train_seconds"], "wall_s": wall,
             "test_accuracy": h["test_accuracy"], "load1": os.getloadavg()[0]}
 
 
@@ -68,6 +70,7 @@ def step_ms(batches: list[int]) -> dict:
     from mnist_cnn.model import Net
     from mnist_cnn.train import pick_dtype
 
+    torch.set_num_threads(1)  # one core's compute: what a node adds per core; robust on a shared machine
     dtype = pick_dtype("auto", torch.device("cpu"))
     model = Net().to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -76,14 +79,14 @@ def step_ms(batches: list[int]) -> dict:
         x = torch.randn(b, 1, 28, 28).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (b,))
         times = []
-        for i in range(25):
+        for i in range(12):
             t0 = time.perf_counter()
             with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if i >= 5:
+            if i >= 2:
                 times.append(time.perf_counter() - t0)
         out[b] = 1000 * statistics.median(times)
     return {"dtype": str(dtype), "threads": torch.get_num_threads(), "step_ms_median": out}
@@ -118,6 +121,7 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=12800)
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 256, 1024])
     ap.add_argument("--data-dir", default="data")
+    ap.add_argument("--one-thread", action="store_true", help="also time 1 process with --threads 1")
     ap.add_argument("--allreduce-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.allreduce_worker:
@@ -127,17 +131,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="scaling_"))
     runs = []
     for i in range(args.repeats):
-        for procs in ((1, 2) if i % 2 == 0 else (2, 1)):  # alternate the order: the machine drifts
-            for batch in args.batches[:1]:
-                runs.append(train_rate(procs, batch, args.subset, args.data_dir, work / "m.pth"))
-                print(runs[-1], flush=True)
+        variants = [(1, 0), (2, 0)] + ([(1, 1)] if args.one_thread else [])
+        for procs, threads in (variants if i % 2 == 0 else variants[::-1]):  # alternate the order: the machine drifts
+            runs.append(train_rate(procs, args.batches[0], args.subset, args.data_dir, work / "m.pth", threads))
+            print(runs[-1], flush=True)
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                         str(Path(__file__).resolve()), "--allreduce-worker"], capture_output=True, text=True,
                        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     allreduce = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"error": p.stderr[-500:]}
     steps = step_ms(args.batches)
-    summary = {str(n): {"images_per_s_median": statistics.median(r["images_per_s"] for r in runs if r["procs"] == n),
-                        "n": sum(r["procs"] == n for r in runs)} for n in (1, 2)}
+    summary = {}
+    for r in runs:
+        summary.setdefault(f"{r['procs']} process(es), threads {r['threads']}", []).append(r["images_per_s"])
+    summary = {k: {"images_per_s_median": statistics.median(v), "n": len(v)} for k, v in summary.items()}
     result = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_count": os.cpu_count(),
               "nice": os.nice(0), "runs": runs, "summary": summary, "allreduce": allreduce, "step": steps,
               "model": model(steps["step_ms_median"]), "hop_latency_s": HOP_LATENCY_S}

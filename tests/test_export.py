@@ -104,8 +104,9 @@ def test_predict_with_onnxruntime_imports_no_torch(exported, mnist, tmp_path):
 NO_TORCH_SERVE = """
 import io, json, sys
 from fastapi.testclient import TestClient
+from mnist_cnn.predict.backend import OnnxBackend
 from mnist_cnn.serve.app import create_app
-client = TestClient(create_app(sys.argv[1], sys.argv[2], "onnxruntime"))
+client = TestClient(create_app(sys.argv[1], sys.argv[2], backend=OnnxBackend.load(sys.argv[1])))
 pixels = json.loads(sys.argv[3])
 out = {"json": [client.post("/api/predict", json={"pixels": p, "activations": True}).json() for p in pixels]}
 out["png"] = client.post("/api/predict", content=open(sys.argv[4], "rb").read(),

@@ -1,3 +1,6 @@
+import hashlib
+import json
+
 import pytest
 import torch
 
@@ -69,6 +72,7 @@ def test_bad_checkpoints_are_one_clear_error(tmp_path):
         checkpoint.load(truncated)
     other = tmp_path / "other.pth"  # weights of the default net, JSON describing another architecture
     torch.save(Net().state_dict(), other)
-    checkpoint.meta_path(other).write_text('{"model": {"kernel_size": 5}}')
+    sha = hashlib.sha256(other.read_bytes()).hexdigest()  # the weights are intact; the description lies
+    checkpoint.meta_path(other).write_text(json.dumps({"model": {"kernel_size": 5}, "sha256": sha}))
     with pytest.raises(CheckpointError, match="do not fit the architecture"):
         checkpoint.load(other)

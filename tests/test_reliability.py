@@ -285,7 +285,7 @@ def test_guards(bad_files, small):
         load_mnist(d / "data")
     with pytest.raises(ConfigError, match="--train-subset must be at least 1"):
         train(replace(BASE, train_subset=-5), data=small)
-    with pytest.raises(ConfigError, match="fc_units must be at least 1"):
+    with pytest.raises(ConfigError, match="fc_units must be a whole number in 1.."):
         ModelConfig(fc_units=-1)
     with pytest.raises(ConfigError, match="larger than its"):
         ModelConfig(kernel_size=15)

@@ -19,7 +19,10 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from mnist_cnn.data import normalize  # noqa: E402
-from mnist_cnn.serve.app import MAX_BODY, STATIC, create_app  # noqa: E402
+from mnist_cnn.serve.app import STATIC, create_app  # noqa: E402
+from mnist_cnn.serve.limits import Limits  # noqa: E402
+
+MAX_BODY = Limits().max_body
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +234,7 @@ def test_a_bug_is_a_logged_500_not_a_crash(app, caplog, monkeypatch):
     def broken(*a, **k):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(app.state.engine.model, "forward", broken)  # fails inside the forward thread
+    monkeypatch.setattr(app.state.engine.backend.model, "forward", broken)  # fails inside the forward thread
     with caplog.at_level(logging.ERROR, logger="mnist_cnn.serve"):
         r = TestClient(app, raise_server_exceptions=False).post("/api/predict", json={"pixels": [0] * 784})
     assert r.status_code == 500 and "internal" in r.json()["detail"]

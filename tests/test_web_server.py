@@ -60,11 +60,11 @@ def test_serve_end_to_end(model_path, mnist_dir, mnist, tmp_path):
 
         # 3 MB, chunked, no Content-Length: cut off at 2 MB with 413
         chunk = b"10000\r\n" + b"0" * 0x10000 + b"\r\n"
-        answer = raw_http(port, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        answer = raw_http(port, b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                 b"Transfer-Encoding: chunked\r\n\r\n" + chunk * 48 + b"0\r\n\r\n")
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         # a Content-Length that says 3 MB is refused before the body is read
-        answer = raw_http(port, b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        answer = raw_http(port, b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                                 b"Content-Length: 3000000\r\n\r\n{}")
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
         # garbage instead of HTTP: the server answers 400 (uvicorn) and stays up

@@ -72,14 +72,16 @@ def post_json(url: str, obj, timeout: float = 10.0):
 
 
 @contextlib.contextmanager
-def serve(model: Path, data_dir: Path, log_path: Path, port: int | None = None, startup_s: float = 60.0):
+def serve(model: Path, data_dir: Path, log_path: Path, port: int | None = None, startup_s: float = 60.0,
+          args=(), preexec_fn=None):
     """`python -m mnist_cnn serve` on a free loopback port, as a user would start it; yields its base URL.
+    `args`: more serve flags; `preexec_fn`: runs in the child before it starts (e.g. a lower `ulimit -n`).
     Waits for /healthz; on exit stops it with SIGINT (Ctrl-C) and checks that it ends."""
     port = port or free_port()
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "serve", "--model", str(model), "--port", str(port),
-                             "--data-dir", str(data_dir)], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                             "--data-dir", str(data_dir), *map(str, args)], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=preexec_fn)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s

@@ -2,6 +2,12 @@
 what made it (model config, training arguments, per-epoch metrics, the dataset: its name, class names and
 checksums, library versions), so any later command can rebuild the right architecture from the file alone, name
 its classes, and refuse to score it on another dataset. Both are written atomically.
+
+Loading trusts neither file: the description's values must be whole numbers within bounds (ModelConfig),
+the weights must match its sha256 (a description without one is refused unless the caller allows unverified
+weights: `allow_unverified=True`, or MNIST_CNN_ALLOW_UNVERIFIED=1 for the CLI), are read with
+weights_only=True, and their shapes are checked against the config before any model is built. A bare .pth
+with no description at all (the tutorial's own file) is the tutorial's architecture.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -18,7 +25,7 @@ import torch
 from mnist_cnn import __version__
 from mnist_cnn.data import DIGITS, FILES, Data, atomic_write
 from mnist_cnn.errors import CheckpointError, ConfigError, DataError, cause
-from mnist_cnn.model import ModelConfig, Net
+from mnist_cnn.model import ModelConfig, Net, param_shapes
 
 
 def meta_path(path: str | Path) -> Path:
@@ -62,7 +69,8 @@ def read_meta(path: str | Path) -> dict:
     return meta
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Net, dict]:
+def load(path: str | Path, device: str | torch.device = "cpu", allow_unverified: bool | None = None
+         ) -> tuple[Net, dict]:
     """Rebuild the model a checkpoint describes and load its weights (weights_only=True). (model in eval, meta)."""
     path = Path(path)
     if not path.is_file():
@@ -72,27 +80,35 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> tuple[Net, dic
         cfg = ModelConfig.from_dict(meta.get("model", {}))
     except (ConfigError, TypeError, ValueError) as e:
         raise CheckpointError(f"{meta_path(path)}: invalid model description ({e})") from None
-    want_sha = meta.get("sha256")
-    if isinstance(want_sha, str) and hashlib.sha256(path.read_bytes()).hexdigest() != want_sha:
-        raise CheckpointError(f"{path}: does not match the checksum in {meta_path(path).name} (corrupted, or "
-                              f"replaced by another file; a killed run is repaired by `train --resume`)")
+    verify(path, meta, allow_unverified)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file: pickle, zip, EOF, runtime errors
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({cause(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a model state_dict")
-    model = Net(cfg)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    want = param_shapes(cfg)  # from the config's formulas: nothing is allocated for a description that lies
     got = {k: tuple(v.shape) for k, v in state.items()}
     if want != got:
         diff = sorted(set(want.items()) ^ set(got.items()))[:2]
         raise CheckpointError(f"{path}: weights do not fit the architecture {cfg.to_dict()} "
                               f"(first differences: {diff})")
+    model = Net(cfg)
     model.load_state_dict(state)
     return model.to(device).eval(), meta
 
 
+def verify(path: Path, meta: dict, allow_unverified: bool | None) -> None:
+    """The weights' sha256 against the description's; a description (if any) must have one, unless allowed."""
+    want_sha = meta.get("sha256")
+    if allow_unverified is None:
+        allow_unverified = os.environ.get("MNIST_CNN_ALLOW_UNVERIFIED", "") == "1"
+    if meta and not isinstance(want_sha, str) and not allow_unverified:
+        raise CheckpointError(f"{meta_path(path)}: has no sha256 of the weights, so they cannot be verified "
+                              f"(an edited description?); set MNIST_CNN_ALLOW_UNVERIFIED=1 to load it anyway")
+    if isinstance(want_sha, str) and hashlib.sha256(path.read_bytes()).hexdigest() != want_sha:
+        raise CheckpointError(f"{path}: does not match the checksum in {meta_path(path).name} (corrupted, or "
+                              f"replaced by another file; a killed run is repaired by `train --resume`)")
 # -----------------------------------------------------------------------------
 # the dataset a checkpoint was trained on
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 import typing
@@ -23,6 +24,11 @@ class Parser(argparse.ArgumentParser):
 
 # -----------------------------------------------------------------------------
 # flags generated from the config dataclasses (config.py), where every default and help text is written once
+
+
+@functools.cache
+def type_hints(cls) -> dict:  # the field annotations, evaluated (compiling each one: ~3 ms a class, so once)
+    return typing.get_type_hints(cls)
 
 
 def default_of(f: dataclasses.Field):
@@ -58,7 +64,7 @@ def add_config_flags(p, cls, prefix: str = "", groups: dict | None = None):
     The default is argparse.SUPPRESS: a flag not given leaves nothing in args, so "given" is known
     (given_flags), and the dataclass supplies the real default."""
     groups = {} if groups is None else groups
-    hints = typing.get_type_hints(cls)
+    hints = type_hints(cls)
     for f in dataclasses.fields(cls):
         if not f.metadata.get("flag", True):
             continue
@@ -79,7 +85,7 @@ def given_flags(args) -> dict:
 
 def build(cls, given: dict, prefix: str = ""):
     """cls(...) from the given flags, every other field at its default; nested dataclasses likewise."""
-    hints, kw = typing.get_type_hints(cls), {}
+    hints, kw = type_hints(cls), {}
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]) and f.metadata.get("flag", True):
             kw[f.name] = build(hints[f.name], given, f"{prefix}{f.name}.")
@@ -92,7 +98,7 @@ def add_setting(p, name: str, cls=TrainConfig, **override):
     """One config field's flag on a command other than `train` (evaluate's --precision, ...), with a plain
     default taken from the dataclass."""
     f = {f.name: f for f in dataclasses.fields(cls)}[name]
-    kw = {"default": default_of(f), "help": help_of(f), **flag_kind(typing.get_type_hints(cls)[name], f)}
+    kw = {"default": default_of(f), "help": help_of(f), **flag_kind(type_hints(cls)[name], f)}
     p.add_argument(f"--{name.replace('_', '-')}", **{**kw, **override})
 
 
@@ -214,6 +220,10 @@ def cmd_data(args):
 
 
 def add_serve(sub):
+    from dataclasses import fields
+
+    from mnist_cnn.serve.limits import Limits
+
     p = sub.add_parser("serve", help="the web page: draw a digit, watch the network think (and a JSON API)")
     p.add_argument("--model", default=CHECKPOINT)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
@@ -223,6 +233,10 @@ def add_serve(sub):
     p.add_argument("--threads", type=int, default=1,
                    help="threads for the forward pass (default 1: one image is too small to split)")
     add_backend_flag(p)
+    g = p.add_argument_group("limits (what one client can cost; docs/serve.md)")
+    for f in fields(Limits):
+        g.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
+                       help=f"{f.metadata['help']} (default: {f.default:,})")
     p.set_defaults(func=cmd_serve)
 
 
@@ -230,23 +244,26 @@ def cmd_serve(args):
     import ipaddress
     import logging
     import socket
+    from dataclasses import fields
 
-    import uvicorn
-
-    from mnist_cnn.predict.backend import backend_name
+    from mnist_cnn.predict.backend import OnnxBackend, backend_name
+    from mnist_cnn.serve import server
     from mnist_cnn.serve.app import create_app
+    from mnist_cnn.serve.limits import LOOPBACK_NAMES, Limits
 
     if args.threads < 1:
         raise MnistCnnError(f"--threads must be at least 1, got {args.threads}")
     if not 0 <= args.port <= 65535:
         raise MnistCnnError(f"--port must be in 0..65535, got {args.port}")
-    backend = backend_name(args.model, args.backend)
-    if backend == "torch":  # onnxruntime takes its thread count per session; torch is never imported for it
+    limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
+    backend = None  # the app builds the PyTorch backend itself
+    if backend_name(args.model, args.backend) == "torch":  # onnxruntime: threads per session, torch never imported
         import torch
 
         torch.set_num_threads(args.threads)
+    else:
+        backend = OnnxBackend.load(args.model, args.threads)  # a bad model: one line, before anything listens
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(args.model, args.data_dir, args.dataset, backend, args.threads)  # loads the model now
     try:  # bind here, so a busy port or bad host is one line too, not uvicorn's traceback
         info = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(info[0], socket.SOCK_STREAM)
@@ -255,13 +272,18 @@ def cmd_serve(args):
     except OSError as e:
         raise MnistCnnError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     host, port = sock.getsockname()[:2]
+    loopback = ipaddress.ip_address(host).is_loopback
+    # loads the model and the test set once, now: a bad --model is one line; loopback answers only to its names
+    app = create_app(args.model, args.data_dir, args.dataset, limits,
+                     local_hosts=(*LOOPBACK_NAMES, host) if loopback else None, backend=backend)
+    if missing := app.state.samples.missing:
+        print(f"note: {missing}; /api/sample answers 503", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {args.model} on http://{shown}:{port}/  (API docs: /docs; Ctrl-C stops)", flush=True)
-    if not ipaddress.ip_address(host).is_loopback:
+    if not loopback:
         print(f"note: listening on {host}, reachable from other machines; the app has no authentication",
               file=sys.stderr)
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, timeout_graceful_shutdown=2))
-    server.run(sockets=[sock])
+    server.run(app, sock, limits)
 
 
 # -----------------------------------------------------------------------------

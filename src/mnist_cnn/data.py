@@ -29,6 +29,7 @@ import os
 import struct
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -139,8 +140,14 @@ def md5(raw: bytes) -> str:
     return hashlib.md5(raw).hexdigest()
 
 
-def atomic_write(path: Path, raw: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, rename: readers see the old file or the new, never half."""
+def atomic_write(path: str | Path, raw: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see the old file or the new, never half.
+
+    Every file this package writes goes through here (or `save_output`). The rename replaces whatever is at
+    `path`, a symlink included, and never writes through it into the file it points to; the new file gets
+    the mode an ordinary `open(path, "w")` would give (0666 less the user's umask).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -148,11 +155,42 @@ def atomic_write(path: Path, raw: bytes) -> None:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux reports it in /proc; elsewhere set and restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_output(path: str | Path, content, **options) -> Path:
+    """A result file -> `path`, atomically (see atomic_write): bytes, text, a matplotlib figure (savefig's
+    options, format from the suffix) or a PIL image (format from the suffix)."""
+    path = Path(path)
+    if isinstance(content, str):
+        content = content.encode()
+    elif hasattr(content, "savefig"):
+        buf = io.BytesIO()
+        content.savefig(buf, format=path.suffix.lstrip(".") or "png", **options)
+        content = buf.getvalue()
+    elif hasattr(content, "save"):
+        buf = io.BytesIO()
+        content.save(buf, format=(path.suffix.lstrip(".") or "png").upper().replace("JPG", "JPEG"), **options)
+        content = buf.getvalue()
+    atomic_write(path, bytes(content))
+    return path
 
 
 def read_verified(directory: Path, name: str, source: Source = SOURCES["mnist"]) -> bytes | None:
@@ -191,29 +229,47 @@ def _progress(total: int | None, desc: str, quiet: bool):
                 disable=quiet or not sys.stderr.isatty())
 
 
-def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0,
-                       source: Source = SOURCES["mnist"]) -> tuple[bytes | None, list[str]]:
+MAX_DOWNLOAD = 64 * 1024 * 1024  # bytes per mirror file; the largest served, Fashion-MNIST's train images, is 26 MB
+DOWNLOAD_SECONDS = 300.0  # per mirror file, in all: a server trickling a byte per read timeout gets no further
+
+
+def fetch_from_mirrors(name: str, quiet: bool = False, timeout: float = 10.0, source: Source = SOURCES["mnist"],
+                       deadline_s: float = DOWNLOAD_SECONDS, max_bytes: int = MAX_DOWNLOAD
+                       ) -> tuple[bytes | None, list[str]]:
     """Try each mirror for `name`.gz: (the .gz bytes as served if one serves a file with the right MD5, else None;
-    why each mirror tried failed, "host: reason")."""
+    why each mirror tried failed, "host: reason"). A mirror that sends more than `max_bytes`, or takes longer
+    than `deadline_s` in all, is given up on."""
     want_gz, failed = source.files[name][1], []
     for base in source.mirrors:
         host = urllib.parse.urlsplit(base).netloc
         try:
-            with urllib.request.urlopen(base + name + ".gz", timeout=timeout) as r:
-                size = int(r.headers.get("Content-Length") or 0) or None
-                buf = io.BytesIO()
-                with _progress(size, name, quiet) as bar:
-                    while chunk := r.read(1 << 16):
-                        buf.write(chunk)
-                        bar.update(len(chunk))
-        except OSError as e:  # no route, DNS failure, HTTP error, timeout: all mean "next mirror", reason kept
+            packed = _download(base + name + ".gz", name, quiet, timeout, deadline_s, max_bytes)
+        except OSError as e:  # no route, DNS failure, HTTP error, timeout, too big, too slow: "next mirror"
             why = f"HTTP {e.code}" if isinstance(e, urllib.error.HTTPError) else str(getattr(e, "reason", e))
             failed.append(f"{host}: {why}")
             continue
-        if md5(buf.getvalue()) == want_gz:
-            return buf.getvalue(), failed
+        if md5(packed) == want_gz:
+            return packed, failed
         failed.append(f"{host}: served {name}.gz with the wrong MD5")
     return None, failed
+
+
+def _download(url: str, name: str, quiet: bool, timeout: float, deadline_s: float, max_bytes: int) -> bytes:
+    give_up = time.monotonic() + deadline_s
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        size = int(r.headers.get("Content-Length") or 0) or None
+        if size and size > max_bytes:
+            raise OSError(f"{url}: {size:,} bytes is over the {max_bytes:,} byte cap")
+        buf = io.BytesIO()
+        with _progress(size, name, quiet) as bar:
+            while chunk := r.read1(1 << 16):  # what has arrived: a trickle cannot outlast the deadline
+                buf.write(chunk)
+                bar.update(len(chunk))
+                if buf.tell() > max_bytes:
+                    raise OSError(f"{url}: more than {max_bytes:,} bytes")
+                if time.monotonic() > give_up:
+                    raise OSError(f"{url}: not done within {deadline_s:g} s")
+    return buf.getvalue()
 
 
 def fetch_offline_copy(source: Source, quiet: bool = False, mirrors_failed: list[str] | None = None) -> dict:

@@ -28,15 +28,17 @@ So setup() imports torch._dynamo before joining the group, and teardown() waits 
 destroys the group and leaves no process-group thread running (tests/test_scale.py checks the thread list
 each rank writes after teardown).
 
-Listening. torchrun's agent hosts the rendezvous store and each worker opens gloo sockets. Keep both off the
-network unless you mean it: on one machine use `--standalone` or `--rdzv-endpoint 127.0.0.1:PORT`; when the
-rendezvous address is a loopback one, setup() also binds gloo to the loopback interface (GLOO_SOCKET_IFNAME=lo,
-unless you set it). Across machines give an explicit address on a trusted network (docs/scaling.md).
-Ranks exchange only tensors (RNG states travel as uint8 tensors, never pickles).
+Listening. torchrun's agent hosts the rendezvous store; each worker opens gloo sockets. The agent (torch 2.14)
+binds its stores on all interfaces whatever the endpoint (measured with ss; torchrun has no bind option), so on
+an untrusted network firewall its port. The workers follow the rendezvous address: when it is a loopback one
+(`--standalone`, `--rdzv-endpoint 127.0.0.1:PORT`, `--master-addr 127.0.0.1`), setup() binds gloo to the
+loopback interface (GLOO_SOCKET_IFNAME=lo, unless you set it). Across machines give an explicit address on a
+trusted network (docs/scaling.md). Ranks exchange only tensors (RNG states as uint8 tensors, never pickles).
 
 Failures. Every collective (and joining the group) gives up after MNIST_CNN_DIST_TIMEOUT seconds (default
 below), so a rank whose peer died fails instead of hanging. Under `torchrun --max-restarts N` the restarted
-workers continue from the state file beside --out (resume.after_restart).
+workers continue from the state file beside --out (resume.after_restart); the agent's store outlives a
+restart, so each attempt keeps its group's keys under its own prefix (a dead rank's address is never read).
 """
 
 from __future__ import annotations

@@ -97,5 +97,13 @@ class Net(nn.Module):
         return x
 
 
+def param_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes of Net(cfg), built on PyTorch's "meta" device (shapes, no memory): a checkpoint's
+    tensors are compared with these before a real model is built."""
+    with torch.device("meta"):
+        net = Net(cfg, fused=False)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items()}
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

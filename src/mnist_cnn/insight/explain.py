@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn.config import conv_layers, conv_out
+from mnist_cnn.data import save_output
 from mnist_cnn.model import ModelConfig, Net
 
 # -----------------------------------------------------------------------------
@@ -291,7 +292,7 @@ def figure_explain(model: Net, x: torch.Tensor, out: str, caption: str = "", lab
     ax[2].set_xticks([])
     ax[2].set_yticks(range(0, n // fc_cols, 4), [str(fc_cols * r) for r in range(0, n // fc_cols, 4)])
     bot.colorbar(im, ax=ax[2], fraction=0.08, pad=0.03)
-    fig.savefig(out, dpi=80)
+    save_output(out, fig, dpi=80)
     return {"prediction": pred, "class_name": names[pred], "probabilities": probs.tolist(), "logits": logits.tolist(),
             "label": label,
             "saliency_target": sal["target"], "ig_check": sal["ig_check"], "figure": str(out)}
@@ -322,4 +323,4 @@ def figure_filters(model: Net, out: str) -> None:
     ax[1].set_xticks([(k + 1) * i + k / 2 for i in range(0, c1, 4)], range(0, c1, 4))
     ax[1].set_yticks([(k + 1) * i + k / 2 for i in range(0, c2, 8)], range(0, c2, 8))
     fig.colorbar(im, ax=ax[1], fraction=0.035, pad=0.02)
-    fig.savefig(out, dpi=80)
+    save_output(out, fig, dpi=80)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mnist_cnn import evaluate as evaluation
-from mnist_cnn.data import Data
+from mnist_cnn.data import Data, save_output
 from mnist_cnn.evaluate import logits_of
 from mnist_cnn.insight.explain import new_figure
 
@@ -113,7 +113,7 @@ def figure_confusion(r: dict, out: Path, title: str) -> None:
                                                              f"({p['count']})"
                                                              for p in worst),
                    transform=ax[1].transAxes, fontsize=9)
-    fig.savefig(out, dpi=90)
+    save_output(out, fig, dpi=90)
 
 
 def figure_misclassified(r: dict, images: torch.Tensor, out: Path, n: int = 40, cols: int = 10) -> None:
@@ -133,7 +133,7 @@ def figure_misclassified(r: dict, images: torch.Tensor, out: Path, n: int = 40, 
                      color="tab:red")
     if not wrong:
         axes[0, 0].text(0, 0.5, "no mistakes", fontsize=12)
-    fig.savefig(out, dpi=90)
+    save_output(out, fig, dpi=90)
 
 
 def figure_curves(history: list, out: Path, title: str) -> None:
@@ -158,7 +158,7 @@ def figure_curves(history: list, out: Path, title: str) -> None:
     ax[1].margins(y=0.25)
     for a in ax:
         a.set_xticks(ep)
-    fig.savefig(out, dpi=90)
+    save_output(out, fig, dpi=90)
 
 
 def report(model, meta: dict, data: Data, out_dir: str | Path, title: str = "the model") -> dict:
@@ -175,9 +175,9 @@ def report(model, meta: dict, data: Data, out_dir: str | Path, title: str = "the
         figure_curves(history, files["curves"], title)
     text = format_text(r, history)
     files["text"] = out / "report.txt"
-    files["text"].write_text(text + "\n")
+    save_output(files["text"], text + "\n")
     result = {**r, "history": history, "files": {k: str(v) for k, v in files.items()}}
     files["json"] = out / "report.json"
     result["files"]["json"] = str(files["json"])
-    files["json"].write_text(json.dumps(result, indent=2) + "\n")
+    save_output(files["json"], json.dumps(result, indent=2) + "\n")
     return result | {"text": text}

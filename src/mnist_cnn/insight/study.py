@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from mnist_cnn.config import STUDY_GROUPS
-from mnist_cnn.data import Data
+from mnist_cnn.data import Data, save_output
 from mnist_cnn.errors import ConfigError
 from mnist_cnn.insight.explain import new_figure, summary
 from mnist_cnn.model import ModelConfig
@@ -192,14 +192,14 @@ def figure(study: dict, out: Path) -> None:
                         textcoords="offset points", ha="center", fontsize=8)
     axes[0, 0].set_ylabel("test accuracy (%)\n(mean ± std; k p = thousand params)")
     axes[1, 0].set_ylabel("training seconds per 60k-image epoch")
-    fig.savefig(out, dpi=90)
+    save_output(out, fig, dpi=90)
 
 
 def write(study: dict, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"markdown": out / "study.md", "json": out / "study.json", "figure": out / "study.png"}
-    files["markdown"].write_text(markdown(study) + "\n")
-    files["json"].write_text(json.dumps(study, indent=2) + "\n")
+    save_output(files["markdown"], markdown(study) + "\n")
+    save_output(files["json"], json.dumps(study, indent=2) + "\n")
     figure(study, files["figure"])
     return {k: str(v) for k, v in files.items()}

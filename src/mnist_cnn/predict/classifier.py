@@ -110,6 +110,7 @@ def save_input(image28: np.ndarray, folder: str | Path, name: str, taken: set[st
     """Write the network's 28x28 input as DIR/<file stem>.png (stdin: stdin.png), never over one from this run."""
     from PIL import Image
 
+    from mnist_cnn.data import save_output
     from mnist_cnn.errors import MnistCnnError
 
     stem = "stdin" if name == "-" else Path(name).stem
@@ -120,8 +121,7 @@ def save_input(image28: np.ndarray, folder: str | Path, name: str, taken: set[st
     taken.add(candidate)
     path = Path(folder) / f"{candidate}.png"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image28).save(path)
+        save_output(path, Image.fromarray(image28))  # atomic; replaces a symlink instead of writing through it
     except OSError as e:
         raise MnistCnnError(f"--save-input: cannot write {path}: {e.strerror or e}") from None
     return path

@@ -7,7 +7,9 @@ that it fits a 20x20 box keeping its aspect ratio (anti-aliased, hence the grey 
 what a photo, a scan or a browser canvas adds:
 
     source (path, bytes, file, PIL image, numpy array)
-      load_image            PIL image; Pillow's pixel limit enforced, every failure -> PreprocessError
+      load_image            PIL image: an allowed format (PNG, JPEG, GIF, BMP, WebP, TIFF) within the pixel
+                            limit, EXIF orientation applied, finite pixels; every failure -> PreprocessError
+      to_grey8              (the server) 8-bit grey (+ alpha), shrunk to a bounded side, before any float work
       flatten_transparency  RGBA canvas strokes -> opaque, on the background that contrasts with the ink
       to_grayscale          any mode (1, L, P, RGB, I;16, I, F) -> float (H, W) in [0, 1]
       white_on_black        polarity from the background (the border): MNIST's ink is bright on black
@@ -33,7 +35,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from mnist_cnn.data import MEAN, STD
 from mnist_cnn.errors import MnistCnnError
@@ -43,6 +45,10 @@ from mnist_cnn.errors import MnistCnnError
 # from the header, before any pixel is decoded: Pillow's own process-wide limits (Image.MAX_IMAGE_PIXELS, ~89 Mpx
 # for its warning, twice that for its error) are left as the application set them.
 MAX_PIXELS = 40_000_000
+# The formats a digit comes in. Everything else Pillow can open stays closed: EPS, for one, is handed to
+# Ghostscript with no timeout. (A phone's JPEG with preview frames opens as JPEG and reports format "MPO".)
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")
+FORMATS_SAID = "PNG, JPEG, GIF, BMP, WebP or TIFF"
 
 BOX = 20  # MNIST's digits fit a 20x20 box ...
 SIDE = 28  # ... centred by mass in a 28x28 field
@@ -79,11 +85,12 @@ def _from_array(a: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a))
 
 
-def load_image(source) -> Image.Image:
-    """A path, bytes, binary file, PIL image or numpy array -> a fully decoded PIL image (first frame).
+def load_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A path, bytes, binary file, PIL image or numpy array -> a fully decoded PIL image (first frame), upright.
 
-    Every way a file can be bad (missing, empty, not an image, truncated, over the pixel limit) ends in a
-    PreprocessError that names the problem; nothing from Pillow or the OS escapes.
+    Every way a file can be bad (missing, empty, not an image, a format outside FORMATS, truncated, over the
+    pixel limit, NaN or infinite pixels) ends in a PreprocessError that names the problem; nothing from Pillow
+    or the OS escapes. A JPEG over `max_pixels` is decoded at a reduced scale (1/2 .. 1/8) that fits, if one does.
     """
     if isinstance(source, Image.Image):
         w, h = source.size
@@ -114,30 +121,50 @@ def load_image(source) -> Image.Image:
         raise PreprocessError(f"{name}: cannot read ({e.strerror or e})") from None
     if not raw:
         raise PreprocessError(f"{name}: empty file")
-    return _decode(raw, name)
+    return _decode(raw, name, max_pixels)
 
 
-def _decode(raw: bytes, name: str) -> Image.Image:
-    """Bytes -> decoded PIL image. The size is checked from the header before any pixel is decoded."""
+def _decode(raw: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Bytes -> decoded, upright PIL image. The size is checked from the header before any pixel is decoded."""
     try:
-        img = Image.open(io.BytesIO(raw))  # reads the header only
+        img = Image.open(io.BytesIO(raw), formats=FORMATS)  # reads the header only
         w, h = img.size
-        if w * h > MAX_PIXELS:
-            raise PreprocessError(f"{name}: image of {w}x{h} pixels is over the {MAX_PIXELS:,} pixel limit "
-                                  f"(a decompression bomb?)")
+        if w * h > max_pixels and img.format in ("JPEG", "MPO"):  # the decoder can scale by 1/2, 1/4, 1/8
+            scale = next((s for s in (2, 4, 8) if -(-w // s) * -(-h // s) <= max_pixels), 8)
+            img.draft(img.mode, (-(-w // scale), -(-h // scale)))  # the smallest scale at least this big
+            w, h = img.size
+        if w * h > max_pixels:
+            raise PreprocessError(f"{name}: image of {w}x{h} pixels is over the {max_pixels:,} pixel limit "
+                                  f"(scale it down, or a decompression bomb?)")
         img.load()  # decode now, so a truncated file fails here and not later (Pillow's default; we change none)
+        img = ImageOps.exif_transpose(img)  # a phone's JPEG says "rotate me" in EXIF rather than in pixels
     except PreprocessError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):  # the warning: under -W error
-        raise PreprocessError(f"{name}: image is over the {MAX_PIXELS:,} pixel limit (a decompression bomb?)") from None
+        raise PreprocessError(f"{name}: image is over the {max_pixels:,} pixel limit (a decompression bomb?)") from None
     except UnidentifiedImageError:
-        raise PreprocessError(f"{name}: not an image Pillow can read") from None
+        raise PreprocessError(f"{name}: not an image, or not one of the formats read here ({FORMATS_SAID})") from None
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, EOFError... on bad data
         msg = str(e) or type(e).__name__
         if "truncated" in msg.lower() or isinstance(e, EOFError):
             raise PreprocessError(f"{name}: truncated or damaged image file ({msg})") from None
         raise PreprocessError(f"{name}: damaged image file ({msg})") from None
+    if img.mode == "F" and not np.isfinite(np.asarray(img)).all():  # a float TIFF: one NaN would blank it all
+        raise PreprocessError(f"{name}: image has NaN or infinite pixels")
     return img
+
+
+def to_grey8(img: Image.Image, max_side: int) -> Image.Image:
+    """Any decoded image -> 8-bit grey ("L", or "LA" keeping transparency), shrunk by an integer factor (an
+    area average) so its longer side is at most `max_side`. The float steps below then cost 4 bytes per
+    pixel of this, not of the upload. Wide-range modes (16-bit, int, float) keep their scaling (to_grayscale)."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        img = Image.fromarray(np.round(to_grayscale(img) * 255.0).astype(np.uint8))
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
+    img = img.convert("RGBA").convert("LA") if has_alpha and img.mode != "LA" else img
+    img = img.convert("L") if not has_alpha and img.mode != "L" else img
+    factor = -(-max(img.size) // max_side)  # ceil
+    return img.reduce(factor) if factor > 1 else img
 
 
 # -----------------------------------------------------------------------------
@@ -154,19 +181,18 @@ def flatten_transparency(img: Image.Image) -> Image.Image:
     has_alpha = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info
     if not has_alpha:
         return img
-    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0  # (H, W, 4)
-    alpha = rgba[..., 3]
+    la = np.asarray(img if img.mode == "LA" else img.convert("RGBA").convert("LA"), dtype=np.float32) / 255.0
+    luma, alpha = la[..., 0], la[..., 1]  # (H, W) each; Pillow's L is 0.299 R + 0.587 G + 0.114 B
     if alpha.min() >= 1.0:  # an alpha channel that is opaque everywhere changes nothing
-        return img.convert("RGB")
-    luma = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)  # (H, W)
+        return Image.fromarray(np.round(luma * 255).astype(np.uint8))
     weight = alpha.sum()
     ink_luma = float((luma * alpha).sum() / weight) if weight > 0 else 0.0
     # if most of the canvas is opaque, the opaque part is paper, not ink: keep its own colours and fill the
     # holes with the colour of that paper; else the opaque part is the ink: fill with its opposite
     bg = 1.0 - ink_luma if alpha.mean() < 0.5 else ink_luma
     bg = 1.0 if bg >= 0.5 else 0.0
-    rgb = rgba[..., :3] * alpha[..., None] + bg * (1.0 - alpha[..., None])
-    return Image.fromarray(np.round(rgb * 255).astype(np.uint8))
+    grey = luma * alpha + bg * (1.0 - alpha)
+    return Image.fromarray(np.round(grey * 255).astype(np.uint8))
 
 
 def to_grayscale(img: Image.Image) -> np.ndarray:
