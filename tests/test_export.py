@@ -3,6 +3,7 @@ serve without torch (in a subprocess, and in a fresh venv that has no torch at a
 
 import hashlib
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -195,15 +196,16 @@ def test_fresh_venv_without_torch_predicts_and_serves(exported, mnist, tmp_path)
         run = subprocess.run([*pip, *args], capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stderr[-2000:]
     assert subprocess.run([bin_ / "python", "-c", "import torch"], capture_output=True).returncode != 0
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the installed copy, not the checkout's src
     files = digit_images(tmp_path, mnist)
     proc = subprocess.run([bin_ / "mnist-cnn", "predict", *files, "--model", exported["onnx"], "--json"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     want = Classifier.load(exported["model"]).predict_batch(files)
     assert [r["prediction"] for r in json.loads(proc.stdout)] == [w.digit for w in want]
     server = subprocess.Popen([bin_ / "mnist-cnn", "serve", "--model", exported["onnx"], "--port", "0",
                                "--data-dir", ROOT / "data"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, cwd=tmp_path)
+                              text=True, cwd=tmp_path, env=env)
     try:
         line = server.stdout.readline()  # "serving ... on http://127.0.0.1:PORT/ ..."
         assert "serving" in line, line + server.stdout.read()
