@@ -35,3 +35,20 @@ def assert_one_line_error(proc):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     return lines[0]
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory, mnist):
+    """The web tests' tiny model, exported once per session by the real CLI: ONNX fp32, int8 and the static page.
+    {"model": .pth, "onnx": .onnx, "int8": .int8.onnx, "web": page folder, "report": the --json output}."""
+    import json
+
+    from webutil import tiny_model
+
+    model = tiny_model(tmp_path_factory.getbasetemp(), mnist)
+    folder = tmp_path_factory.mktemp("export")
+    proc = run_cli("export", model, "--out", folder / "tiny.onnx", "--quantize", "--calibration-batches", 20,
+                   "--web", folder / "web", "--data-dir", ROOT / "data", "--json", timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    return {"model": model, "onnx": folder / "tiny.onnx", "int8": folder / "tiny.int8.onnx", "web": folder / "web",
+            "report": json.loads(proc.stdout)}

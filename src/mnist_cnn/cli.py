@@ -231,7 +231,8 @@ def add_serve(sub):
     add_data_dir(p)
     add_dataset(p, for_checkpoint=True)
     p.add_argument("--threads", type=int, default=1,
-                   help="torch threads for the forward pass (default 1: one image is too small to split)")
+                   help="threads for the forward pass (default 1: one image is too small to split)")
+    add_backend_flag(p)
     g = p.add_argument_group("limits (what one client can cost; docs/serve.md)")
     for f in fields(Limits):
         g.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default,
@@ -245,8 +246,7 @@ def cmd_serve(args):
     import socket
     from dataclasses import fields
 
-    import torch
-
+    from mnist_cnn.predict.backend import OnnxBackend, backend_name
     from mnist_cnn.serve import server
     from mnist_cnn.serve.app import create_app
     from mnist_cnn.serve.limits import LOOPBACK_NAMES, Limits
@@ -256,7 +256,13 @@ def cmd_serve(args):
     if not 0 <= args.port <= 65535:
         raise MnistCnnError(f"--port must be in 0..65535, got {args.port}")
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
-    torch.set_num_threads(args.threads)
+    backend = None  # the app builds the PyTorch backend itself
+    if backend_name(args.model, args.backend) == "torch":  # onnxruntime: threads per session, torch never imported
+        import torch
+
+        torch.set_num_threads(args.threads)
+    else:
+        backend = OnnxBackend.load(args.model, args.threads)  # a bad model: one line, before anything listens
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # bind here, so a busy port or bad host is one line too, not uvicorn's traceback
         info = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
@@ -269,7 +275,7 @@ def cmd_serve(args):
     loopback = ipaddress.ip_address(host).is_loopback
     # loads the model and the test set once, now: a bad --model is one line; loopback answers only to its names
     app = create_app(args.model, args.data_dir, args.dataset, limits,
-                     local_hosts=(*LOOPBACK_NAMES, host) if loopback else None)
+                     local_hosts=(*LOOPBACK_NAMES, host) if loopback else None, backend=backend)
     if missing := app.state.samples.missing:
         print(f"note: {missing}; /api/sample answers 503", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
@@ -345,10 +351,12 @@ def cmd_explain(args):
     else:
         try:
             from mnist_cnn.predict.classifier import prepare
+            from mnist_cnn.predict.preprocess import normalize_image
         except ImportError:
             raise MnistCnnError("explaining an image file needs Pillow (mnist_cnn.predict.preprocess); "
                                 "use --test-index N") from None
-        x, caption = prepare(args.image, model.cfg, names)[0], Path(args.image).name  # (1, 28, 28)
+        image28 = prepare(args.image, names, model.cfg.mean, model.cfg.std)  # uint8 (28, 28)
+        x, caption = normalize_image(image28, model.cfg.mean, model.cfg.std), Path(args.image).name  # (1, 28, 28)
     out = Path(args.out)
     if not out.parent.is_dir():
         raise MnistCnnError(f"--out {out}: folder {out.parent} does not exist")
@@ -511,6 +519,63 @@ def cmd_bench(args):
 
 
 # -----------------------------------------------------------------------------
+# export
+
+
+def add_export(sub):
+    from mnist_cnn.ship.quantize import CALIBRATION_BATCH, CALIBRATION_BATCHES  # numpy only: no torch to parse
+
+    p = sub.add_parser("export", help="write the model as ONNX (checked against PyTorch), int8, or a static web page")
+    p.add_argument("model", metavar="MODEL", help="a checkpoint (.pth with its .json)")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", metavar="FILE", help="the ONNX file (default: MODEL with .onnx)")
+    p.add_argument("--quantize", action="store_true",
+                   help="also write FILE's int8 version, <stem>.int8.onnx (static, calibrated on training images)")
+    p.add_argument("--calibration-batches", type=int, default=CALIBRATION_BATCHES, metavar="N",
+                   help=f"batches of {CALIBRATION_BATCH} training images for --quantize's calibration "
+                        f"(default {CALIBRATION_BATCHES})")
+    p.add_argument("--web", metavar="DIR",
+                   help="also write a static page into DIR that runs the model (int8 with --quantize) in the browser")
+    add_data_dir(p)
+    p.add_argument("--json", action="store_true", help="print what was written and checked as JSON")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args):
+    from pathlib import Path
+
+    from mnist_cnn.ship import export
+
+    out = Path(args.out or Path(args.model).with_suffix(".onnx"))
+    report = {"onnx": export.export_onnx(args.model, out, args.data_dir)}
+    r = report["onnx"]
+    if not args.json:
+        print(f"wrote {out} ({r['bytes'] / 1e6:.2f} MB, opset {r['opset']}): test accuracy "
+              f"{100 * r['onnx_accuracy']:.2f}% (PyTorch {100 * r['torch_accuracy']:.2f}%); max |logit "
+              f"difference| {r['max_abs_logit_diff']:.1e} on {r['images']:,} test images, same digit on all")
+    if args.quantize:
+        from mnist_cnn.ship import quantize
+
+        if args.calibration_batches < 1:
+            raise MnistCnnError(f"--calibration-batches must be at least 1, got {args.calibration_batches}")
+        q = report["int8"] = quantize.quantize(out, out.with_suffix(".int8.onnx"), args.data_dir,
+                                               args.calibration_batches)
+        if not args.json:
+            print(f"wrote {q['path']} ({q['bytes'] / 1e6:.2f} MB, int8): test accuracy {100 * q['test_accuracy']:.2f}%"
+                  f" (fp32 {100 * q['fp32_test_accuracy']:.2f}%), calibrated on {q['calibration_images']:,} "
+                  f"training images")
+    if args.web:
+        from mnist_cnn.ship import web
+
+        report["web"] = web.write_page(report.get("int8", r)["path"], args.web)
+        if not args.json:
+            print(f"wrote {args.web}/ (index.html, the model, onnxruntime-web {report['web']['onnxruntime_web']}): "
+                  f"serve it with any static file server, e.g. python -m http.server -d {args.web}")
+    if args.json:
+        print_json(report)
+
+
+# -----------------------------------------------------------------------------
 # predict
 
 
@@ -523,6 +588,7 @@ def add_predict(sub):
                    help='a list of {"file", "prediction", "label" (the class name), "best_guess", "is_digit", '
                         '"confidence", "probabilities", "number", "digits", "error"}, one per image')
     p.add_argument("--save-input", metavar="DIR", help="write the 28x28 image the network saw, as PNG, into DIR")
+    add_backend_flag(p)
     p.set_defaults(func=cmd_predict)
 
 
@@ -543,13 +609,19 @@ def describe(p, top_k: int, classes) -> str:
     return f"{p.label} ({100 * p.confidence:.1f}%)  top-{top_k}: {top}"
 
 
+def add_backend_flag(p):
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default=None,
+                   help="what runs the model (default: onnxruntime for a .onnx MODEL, else torch); onnxruntime "
+                        "needs no torch installed")
+
+
 def cmd_predict(args):
     from mnist_cnn.predict.classifier import Classifier, expand_inputs, save_input
 
     if not 1 <= args.top_k <= 10:
         raise MnistCnnError(f"--top-k must be between 1 and 10, got {args.top_k}")
     inputs = expand_inputs(args.files)  # [(name, path or bytes)], folders walked, - read from stdin
-    clf = Classifier.load(args.model)
+    clf = Classifier.load(args.model, backend=args.backend)
     results, saved = [], set()
     for name, source in inputs:
         try:
@@ -584,7 +656,7 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"mnist-cnn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for add in (add_train, add_evaluate, add_data, add_predict, add_summary, add_explain, add_concepts, add_report,
-                add_study, add_serve, add_bench):
+                add_study, add_serve, add_bench, add_export):
         add(sub)
     return parser
 

@@ -35,11 +35,14 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from mnist_cnn.errors import DataError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made (load_mnist), so numpy-only readers need none
+    import torch
 
 # name -> (md5 of the raw file, md5 of the .gz the mirrors serve, raw size in bytes)
 NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -409,6 +412,8 @@ MNIST = Data  # its name when MNIST was the only dataset
 
 
 def _tensors(arrays: dict, name: str, classes: tuple[str, ...], md5s: dict) -> Data:
+    import torch  # here, not at the top: the torch-free paths (onnxruntime predict/serve) read with numpy
+
     t = {k: torch.from_numpy(v.copy()) for k, v in arrays.items()}
     return Data(t["train-images-idx3-ubyte"], t["train-labels-idx1-ubyte"].long(),
                 t["t10k-images-idx3-ubyte"], t["t10k-labels-idx1-ubyte"].long(), name, classes, md5s)
@@ -418,13 +423,10 @@ def dataset_names() -> str:
     return ", ".join(SOURCES) + ", or a folder with the four IDX files and classes.txt"
 
 
-def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", quiet: bool = False,
-                 fetch: bool = True) -> Data:
-    """A known dataset by name (verified, fetched first if allowed), or your own folder."""
-    if dataset not in SOURCES:
-        if Path(dataset).is_dir():
-            return load_folder(dataset)
-        raise DataError(f"--dataset {dataset}: neither a known dataset nor a folder; choose {dataset_names()}")
+def load_arrays(dataset: str = "mnist", data_dir: str | Path = "data", quiet: bool = False,
+                fetch: bool = True) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """A known dataset's four verified files as numpy arrays keyed by file name, and their MD5s (fetching first
+    if allowed). No torch: the onnxruntime paths read test images with it."""
     source = SOURCES[dataset]
     d = ensure(source, data_dir, quiet, repair=False) if fetch else source.raw_dir(data_dir)
     arrays, md5s = {}, {}
@@ -436,7 +438,18 @@ def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", quiet: b
                             f"--data-dir {data_dir}`)")
         arrays[name] = parse_idx(raw, name)
         md5s[name] = source.files[name][0] or md5(raw)
-    return _tensors(arrays, dataset, source.classes, md5s)
+    return arrays, md5s
+
+
+def load_dataset(dataset: str = "mnist", data_dir: str | Path = "data", quiet: bool = False,
+                 fetch: bool = True) -> Data:
+    """A known dataset by name (verified, fetched first if allowed), or your own folder."""
+    if dataset not in SOURCES:
+        if Path(dataset).is_dir():
+            return load_folder(dataset)
+        raise DataError(f"--dataset {dataset}: neither a known dataset nor a folder; choose {dataset_names()}")
+    arrays, md5s = load_arrays(dataset, data_dir, quiet, fetch)
+    return _tensors(arrays, dataset, SOURCES[dataset].classes, md5s)
 
 
 def load_mnist(data_dir: str | Path = "data", quiet: bool = False, fetch: bool = True) -> Data:
@@ -447,6 +460,8 @@ def load_mnist(data_dir: str | Path = "data", quiet: bool = False, fetch: bool =
 def pixel_stats(images_u8: torch.Tensor) -> tuple[float, float]:
     """Mean and std of the pixels scaled to [0, 1], over a training set (N, 28, 28) uint8; 4 decimals.
     Fashion-MNIST: 0.2860, 0.3530 (MNIST: 0.1307, 0.3081)."""
+    import torch
+
     counts = torch.bincount(images_u8.flatten().cpu(), minlength=256).double()  # (256,): exact, no float copy
     values = torch.arange(256, dtype=torch.float64) / 255.0
     n = counts.sum()
@@ -465,4 +480,6 @@ def normalize(images_u8: torch.Tensor, mean: float = MEAN, std: float = STD) -> 
 
 def denormalize(x: torch.Tensor, mean: float = MEAN, std: float = STD) -> torch.Tensor:
     """normalize's inverse, rounded: float (..., 28, 28) -> uint8 (..., 28, 28)."""
+    import torch
+
     return (x.float() * std + mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)

@@ -27,3 +27,7 @@ def cause(e: BaseException, limit: int = 200) -> str:
     if len(why) > limit:
         why = why[:limit].rsplit(" ", 1)[0] + " ..."
     return f"{type(e).__name__}: {why}" if why else type(e).__name__
+
+
+class ExportError(MnistCnnError):
+    """An export that cannot be written or failed its own checks (e.g. ONNX disagreeing with PyTorch)."""

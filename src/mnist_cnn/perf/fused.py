@@ -168,6 +168,8 @@ def unsupported(conv: torch.nn.Conv2d, pool: torch.nn.MaxPool2d, image_size: int
 def fits(x: torch.Tensor, conv: torch.nn.Conv2d, image_size: int) -> bool:
     """Per call, for a model whose layers are supported: a CPU input (B > 0, 1, S, S) that needs no gradient
     (saliency maps take the eager path), weights on the CPU, fp32 or bf16 out."""
+    if torch.compiler.is_compiling():  # torch.export / torch.compile trace fake tensors: C cannot read them
+        return False
     return (x.device.type == "cpu" and conv.weight.device.type == "cpu" and not x.requires_grad and x.dim() == 4
             and x.shape[0] > 0 and tuple(x.shape[1:]) == (1, image_size, image_size)
             and out_dtype(x) in (torch.float32, torch.bfloat16))

@@ -1,6 +1,7 @@
 """Predict: load a checkpoint once, then read many images: a digit, a number, or "not a digit".
 
     clf = Classifier.load("mnist_cnn_model.pth")       # architecture rebuilt from the checkpoint's JSON
+    clf = Classifier.load("mnist_cnn.onnx")            # an exported model, run by onnxruntime (no torch)
     p = clf.predict("my_digit.jpg")                    # path, bytes, file, PIL image, numpy array or tensor
     p.prediction, p.is_digit, p.confidence             # the digit (None if it does not look like one), how sure
     p.digit, p.probabilities, p.image28                # the best guess, 10 softmax probabilities, what the net saw
@@ -16,7 +17,9 @@ As the tutorial's Q&A says, the network's last layer gives 10 scores (logits); s
 probability per class and the prediction is the largest. Images go through `mnist_cnn.predict.preprocess` first,
 so a photo of dark ink on paper looks like an MNIST digit to the network; an image holding a row of digits is
 cut into them first (segment.py) and each is read alone. An already-normalized tensor of shape (1, 28, 28) or
-(28, 28) (as `preprocess` returns it, values in [-1, 1]) is used as it is.
+(28, 28) (as `preprocess` returns it, values in [-1, 1]) is taken back to its 0..255 pixels and not
+preprocessed again. The network runs in a backend (`backend.py`: PyTorch or onnxruntime), which takes uint8
+(B, 28, 28) pixels and returns softmax probabilities.
 
 Trust comes from the checkpoint's JSON (calibrate.py; written by `train --augment`): the logits are divided by
 its temperature before the softmax, and a largest probability under its threshold means "not a digit". A
@@ -31,12 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from mnist_cnn import checkpoint
-from mnist_cnn.data import DIGITS, denormalize
-from mnist_cnn.model import ModelConfig
-from mnist_cnn.predict.preprocess import PreprocessError, ink_map, ink_to_mnist, load_image, normalize_image, to_square
+from mnist_cnn.data import DIGITS, MEAN, STD, denormalize
+from mnist_cnn.predict.backend import load_backend
+from mnist_cnn.predict.preprocess import PreprocessError, ink_map, ink_to_mnist, load_image, to_square
 from mnist_cnn.predict.segment import segment
 
 NO_TRUST = ("this checkpoint has no calibration and no 'not a digit' threshold (train it with `mnist-cnn train "
@@ -109,37 +110,33 @@ class Prediction(Reading):
 
 
 def _is_normalized_tensor(x) -> bool:
-    return isinstance(x, torch.Tensor) and x.is_floating_point() and tuple(x.shape[-2:]) == (28, 28) \
-        and x.dim() in (2, 3) and x.numel() == 784
+    return type(x).__module__.startswith("torch") and hasattr(x, "is_floating_point") and x.is_floating_point() \
+        and tuple(x.shape[-2:]) == (28, 28) and x.dim() in (2, 3) and x.numel() == 784
 
 
-def prepare(x, cfg: ModelConfig = ModelConfig(), classes=DIGITS) -> tuple[torch.Tensor, np.ndarray]:
-    """Anything predict accepts -> (normalized float32 (1, 28, 28), uint8 (28, 28) image), the way a model with
-    this config (its normalisation) and these classes (digits: MNIST's cropping; others: to_square) needs it."""
-    t, image28, _ = prepare_all(x, cfg, classes)
-    return t, image28
+def prepare(x, classes=DIGITS, mean: float = MEAN, std: float = STD) -> np.ndarray:
+    """Anything predict accepts -> the uint8 (28, 28) image the network sees (the whole image, as one digit)."""
+    return prepare_all(x, classes, mean, std)[0]
 
 
-def prepare_all(x, cfg: ModelConfig = ModelConfig(), classes=DIGITS) -> tuple[torch.Tensor, np.ndarray, list]:
-    """Anything predict accepts -> (the whole image normalized (1, 28, 28), its uint8 (28, 28), and the digits
-    found in it as [(box, uint8 (28, 28))]: several for a number, one for a digit (box None for a tensor or a
-    dataset of other things))."""
-    if _is_normalized_tensor(x):
-        t = x.detach().float().cpu().reshape(1, 28, 28)
-        image28 = denormalize(t[0], cfg.mean, cfg.std).numpy()
-        return t, image28, [(None, image28)]
+def prepare_all(x, classes=DIGITS, mean: float = MEAN, std: float = STD) -> tuple[np.ndarray, list]:
+    """Anything predict accepts -> (the whole image as uint8 (28, 28), and the digits found in it as
+    [(box, uint8 (28, 28))]: several for a number, one for a digit; box None for a tensor or for a dataset of
+    other things, which are fitted whole with to_square)."""
+    if _is_normalized_tensor(x):  # x is a tensor: torch is loaded already
+        image28 = denormalize(x.detach().cpu().reshape(28, 28), mean, std).numpy()
+        return image28, [(None, image28)]
     if tuple(classes) != DIGITS:
         image28 = to_square(load_image(x))
-        return normalize_image(image28, cfg.mean, cfg.std), image28, [(None, image28)]
+        return image28, [(None, image28)]
     ink = ink_map(load_image(x))  # (H, W): paper 0, ink up to 1
     parts = segment(ink)
     if not parts:
         raise PreprocessError("no ink found: the image is blank (one colour, or contrast too low)")
     image28 = ink_to_mnist(ink)
-    whole = normalize_image(image28, cfg.mean, cfg.std)
     if len(parts) == 1:
-        return whole, image28, [(parts[0][0], image28)]
-    return whole, image28, [(box, ink_to_mnist(part)) for box, part in parts]
+        return image28, [(parts[0][0], image28)]
+    return image28, [(box, ink_to_mnist(part)) for box, part in parts]
 
 
 def trust_of(meta: dict) -> dict:
@@ -152,39 +149,48 @@ def trust_of(meta: dict) -> dict:
                     f"{100 * t['threshold']:.1f}% confidence ({t.get('method', 'max-softmax')})"}
 
 
+def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(z / T) from softmax(z): log p = z - logsumexp(z), and the shift cancels, so p^(1/T) renormalised."""
+    if temperature == 1.0:
+        return probs
+    q = np.power(np.asarray(probs, np.float64), 1.0 / temperature)
+    return (q / q.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
 class Classifier:
-    def __init__(self, model: torch.nn.Module, meta: dict | None = None, device: str | torch.device = "cpu"):
-        self.model = model.eval()
-        self.meta = meta or {}
-        self.device = torch.device(device)
+    def __init__(self, backend, meta: dict | None = None):
+        self.backend = backend  # .forward(uint8 (B, 28, 28)) -> float32 (B, 10) probabilities
+        self.meta = meta if meta is not None else getattr(backend, "meta", {})
+        self.classes = backend.classes  # class k's name
         self.trust = trust_of(self.meta)
-        self.classes = checkpoint.class_names(self.meta, model.cfg.num_classes)  # class k's name
+
+    @property
+    def model(self):
+        """The PyTorch network behind a torch backend (None for onnxruntime): for code that needs its logits."""
+        return getattr(self.backend, "model", None)
 
     @classmethod
-    def load(cls, path: str | Path = "mnist_cnn_model.pth", device: str | torch.device = "cpu") -> Classifier:
-        model, meta = checkpoint.load(path, device)
-        return cls(model, meta, device)
+    def load(cls, path: str | Path = "mnist_cnn_model.pth", device="cpu", backend: str | None = None) -> Classifier:
+        """backend: "torch" or "onnxruntime"; None picks onnxruntime for a .onnx file, torch otherwise."""
+        return cls(load_backend(path, backend, device))
 
-    @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """normalized (B, 1, 28, 28) -> softmax probabilities (B, 10), temperature-scaled, float32 on the CPU."""
-        logits = self.model(batch.to(self.device, torch.float32))  # (B, 10)
-        return torch.softmax(logits.float() / self.trust["temperature"], dim=1).cpu()
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """uint8 (B, 28, 28) MNIST-style images -> softmax probabilities (B, 10), temperature-scaled, float32."""
+        return temper(self.backend.forward(images), self.trust["temperature"])
 
     def predict(self, x) -> Prediction:
         return self.predict_batch([x])[0]
 
     def predict_batch(self, xs) -> list[Prediction]:
         """Many images in one forward pass. A bad image raises PreprocessError (naming it) before any work."""
-        cfg = self.model.cfg
-        prepared = [prepare_all(x, cfg, self.classes) for x in xs]
+        prepared = [prepare_all(x, self.classes, self.backend.mean, self.backend.std) for x in xs]
         if not prepared:
             return []
-        wholes = [t for t, _, _ in prepared]
-        parts = [normalize_image(img, cfg.mean, cfg.std) for _, _, ps in prepared if len(ps) > 1 for _, img in ps]
-        probs = self.probabilities(torch.stack(wholes + parts)).tolist()  # (B + digits of numbers, 10)
+        wholes = [image28 for image28, _ in prepared]
+        parts = [img for _, ps in prepared if len(ps) > 1 for _, img in ps]
+        probs = self.probabilities(np.stack(wholes + parts)).tolist()  # (B + digits of numbers, 10)
         out, k = [], len(wholes)
-        for i, (_, image28, ps) in enumerate(prepared):
+        for i, (image28, ps) in enumerate(prepared):
             many = len(ps) if len(ps) > 1 else 0
             out.append(reading(self.trust, probs[i], image28, ps, probs[k:k + many], self.classes))
             k += many

@@ -20,6 +20,9 @@ what a photo, a scan or a browser canvas adds:
       center_by_mass        into 28x28 with the centre of mass at pixel (14, 14)
     uint8 (28, 28) -> normalize exactly as training: (x/255 - 0.5) / 0.5 -> float (1, 28, 28)
 
+Everything up to the uint8 (28, 28) image is numpy and Pillow only (no torch): the onnxruntime backend and
+the browser page (`ship/page/preprocess.js`, a port of the same steps) start from that image.
+
 Measured on the MNIST test set (see tests/test_preprocess.py): the pipeline maps MNIST's own digits to
 themselves in effect (MNIST's centre of mass in index coordinates is (13.99, 14.01) on average, std 0.29,
 and the longer side of every digit's ink box but 3 of 10,000 is exactly 20 px).
@@ -32,10 +35,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from mnist_cnn.data import MEAN, STD, normalize
+from mnist_cnn.data import MEAN, STD
 from mnist_cnn.errors import MnistCnnError
 
 # A decompression bomb (a small file that decodes to gigapixels) must not take the machine down. 40 Mpx is
@@ -107,7 +109,7 @@ def load_image(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
         return source
     if isinstance(source, np.ndarray):
         return _from_array(source)
-    if isinstance(source, torch.Tensor):
+    if type(source).__module__.startswith("torch") and hasattr(source, "detach"):  # a tensor; torch not imported
         return _from_array(source.detach().cpu().numpy())
     name = "image"
     try:
@@ -418,12 +420,17 @@ def to_square(image: Image.Image) -> np.ndarray:
     return np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def normalize_image(image28: np.ndarray, mean: float = MEAN, std: float = STD) -> torch.Tensor:
-    """uint8 (28, 28) -> float32 (1, 28, 28), exactly as training (data.normalize; the tutorial's 0.5/0.5 unless
-    the model was trained with its dataset's own statistics)."""
-    return normalize(torch.from_numpy(image28), mean, std)
+def normalize_image(image28: np.ndarray, mean: float = MEAN, std: float = STD):
+    """uint8 (28, 28) -> float32 torch tensor (1, 28, 28), exactly as training (data.normalize; the tutorial's
+    0.5/0.5 unless the model was trained with its dataset's own statistics). The only step that needs torch;
+    everything above is numpy and Pillow, which the onnxruntime backend runs without it."""
+    import torch
+
+    from mnist_cnn.data import normalize
+
+    return normalize(torch.from_numpy(np.ascontiguousarray(image28)), mean, std)
 
 
-def preprocess(source) -> torch.Tensor:
-    """A path, bytes, file, PIL image or array -> normalized float32 (1, 28, 28) ready for the network."""
+def preprocess(source):
+    """A path, bytes, file, PIL image or array -> normalized float32 torch tensor (1, 28, 28) for the network."""
     return normalize_image(to_mnist(load_image(source)))

@@ -53,17 +53,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from mnist_cnn import checkpoint
-from mnist_cnn.data import normalize
 from mnist_cnn.errors import MnistCnnError
-from mnist_cnn.predict.classifier import reading, trust_of
-from mnist_cnn.serve import learn
+from mnist_cnn.predict.classifier import reading, temper, trust_of
 from mnist_cnn.serve.limits import LOOPBACK_NAMES, Limits  # noqa: F401 (LOOPBACK_NAMES: for callers)
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -95,6 +91,7 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, model_path: str | Path):
+        from mnist_cnn import checkpoint
         from mnist_cnn.insight.explain import summary
 
         self.model, self.meta = checkpoint.load(model_path)  # eval mode, on the CPU
@@ -103,10 +100,16 @@ class TorchBackend:
 
     def forward(self, batch_u8: np.ndarray) -> np.ndarray:
         """uint8 (B, 28, 28) -> float32 (B, 10) softmax probabilities."""
+        import torch
+
         with torch.inference_mode():
             return torch.softmax(self.model(self._normalize(batch_u8)), dim=1).numpy()
 
-    def _normalize(self, batch_u8: np.ndarray) -> torch.Tensor:  # (B, 28, 28) uint8 -> (B, 1, 28, 28) float
+    def _normalize(self, batch_u8: np.ndarray):  # (B, 28, 28) uint8 -> (B, 1, 28, 28) float torch tensor
+        import torch
+
+        from mnist_cnn.data import normalize
+
         return normalize(torch.from_numpy(batch_u8), self.model.cfg.mean, self.model.cfg.std)
 
     def activations(self, batch_u8: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -186,12 +189,13 @@ class Engine:
             return
         try:
             images = np.stack([image for image, _, _ in batch])  # (B, 28, 28) uint8
-            if any(want for _, want, _ in batch):
+            if any(want for _, want, _ in batch) and hasattr(self.backend, "activations"):  # ONNX: no maps
                 probs, acts = self.backend.activations(images)
             else:
                 probs, acts = self.backend.forward(images), None
             rows = probs.tolist()
-            results = [(rows[k], {name: maps[k] for name, maps in acts.items()} if want else None, len(batch))
+            results = [(rows[k], {name: maps[k] for name, maps in acts.items()} if want and acts else None,
+                        len(batch))
                        for k, (_, want, _) in enumerate(batch)]
         except Exception as e:  # a bug: hand it to every waiting request (-> logged 500), keep serving
             for _, _, future in batch:
@@ -207,13 +211,23 @@ class SampleSet:
     fetched by a request. Without it, `missing` says so, once and without paths (the page shows it). Another
     dataset than the checkpoint's is a DataError now, before the server starts."""
 
-    def __init__(self, meta: dict, model_path: Path, dataset: str | None, data_dir: str | Path):
-        from mnist_cnn.data import load_dataset
+    def __init__(self, meta: dict, model_path: Path, dataset: str | None, data_dir: str | Path, torch_free=False):
+        from mnist_cnn.data import SOURCES, load_arrays, load_dataset
         from mnist_cnn.errors import DataError
 
-        name = dataset or checkpoint.dataset_of(meta)["name"]
         self.images = self.labels = None
         self.missing = None
+        if torch_free:  # an exported ONNX model: the dataset its metadata names, read with numpy (no torch)
+            name = dataset or meta.get("dataset", "mnist")
+            try:
+                arrays, _ = load_arrays(name, data_dir, quiet=True, fetch=False) if name in SOURCES else ({}, {})
+                self.images, self.labels = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
+            except (DataError, KeyError):
+                self.missing = f"the {name} test set is not in this server's data folder (run `mnist-cnn data`)"
+            return
+        from mnist_cnn import checkpoint
+
+        name = dataset or checkpoint.dataset_of(meta)["name"]
         try:
             data = load_dataset(name, data_dir, quiet=True, fetch=False)
         except DataError:
@@ -249,10 +263,12 @@ def model_info(model_path: Path, backend) -> dict:
     }
 
 
-def encode_maps(t: torch.Tensor) -> dict:
+def encode_maps(t) -> dict:  # t: a torch tensor
     """One layer's activations for the page, 8-bit: (C, H, W) or (N,) -> each map (or the vector) scaled to
     0..255 by its own maximum. `max` keeps those maxima, so the page can still tell a strong map from a weak one.
     ~42 kB of base64 for all of conv1..fc1 of the tutorial's network instead of ~300 kB of JSON floats."""
+    import torch
+
     t = t.float().clamp_min(0)  # every layer sent is after a ReLU
     flat = t.reshape(t.shape[0], -1) if t.dim() == 3 else t.reshape(1, -1)
     peak = flat.amax(dim=1, keepdim=True)  # (C, 1)
@@ -276,7 +292,7 @@ def image_from_upload(raw: bytes, limits: Limits) -> tuple[np.ndarray, list]:
     if not raw:
         raise HTTPException(400, "the uploaded file is empty")
     try:
-        _, image28, parts = prepare_all(to_grey8(load_image(raw, max_pixels=limits.max_pixels), limits.decode_side))
+        image28, parts = prepare_all(to_grey8(load_image(raw, max_pixels=limits.max_pixels), limits.decode_side))
         return image28, parts if len(parts) > 1 else []
     except MnistCnnError as e:
         raise HTTPException(400, str(e)) from None
@@ -491,7 +507,7 @@ def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | P
     names to answer to (LocalOnly), for a server bound to loopback; None checks nothing."""
     model_path = Path(model_path)
     engine = Engine(backend or TorchBackend(model_path), limits.queue, limits.batch)
-    samples = SampleSet(engine.backend.meta, model_path, dataset, data_dir)
+    samples = SampleSet(engine.backend.meta, model_path, dataset, data_dir, torch_free=engine.model is None)
     api = FastAPI(title="mnist-cnn", version="1", description="Draw a digit, watch the CNN think. "
                   "Every endpoint answers a client's mistake with 4xx and a message.")
     api.state.engine, api.state.limits, api.state.samples = engine, limits, samples
@@ -503,7 +519,10 @@ def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | P
 
     add_info_routes(api, engine, samples, model_path)
     add_predict_route(api, engine, limits)
-    learn.install(api)  # /api/explain, /api/teach, /api/shapes: the page's learning views (learn.py)
+    if engine.model is not None:  # the learning views work on the PyTorch network (an ONNX model has none)
+        from mnist_cnn.serve import learn
+
+        learn.install(api)  # /api/explain, /api/teach, /api/shapes: the page's learning views (learn.py)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")  # serves only files inside STATIC
     api.add_middleware(BodyLimit, limit=limits.max_body, seconds=limits.body_seconds)
     if local_hosts is not None:
@@ -577,7 +596,8 @@ def add_predict_route(api: FastAPI, engine: Engine, limits: Limits):
         except Stopped:
             raise HTTPException(503, "the model thread has stopped (see /healthz and the server log)") from None
         trust = trust_of(engine.backend.meta)  # temperature and "not a digit" threshold, if the checkpoint has them
-        probs, part_probs = temperature(probs, trust), [temperature(q, trust) for q in part_probs]
+        probs = temper(np.asarray(probs), trust["temperature"]).tolist()  # softmax(logits / T), from softmax(logits)
+        part_probs = [temper(np.asarray(q), trust["temperature"]).tolist() for q in part_probs]
         p = reading(trust, probs, image, parts or [(None, image)], part_probs, engine.backend.classes)
         out = {**p.to_json(), "trust": trust["note"], "input_28x28": image.tolist()}
         if acts is not None:
@@ -587,13 +607,6 @@ def add_predict_route(api: FastAPI, engine: Engine, limits: Limits):
     @api.exception_handler(ClientGone)
     async def gone(request: Request, exc: ClientGone):  # nobody reads this; the log line says 499
         return JSONResponse({"detail": "client closed the request"}, status_code=499)
-
-
-def temperature(probs, trust: dict) -> list[float]:
-    """Softmax probabilities -> softmax(logits / T): exactly, since log-softmax is the logits less a constant."""
-    if trust["temperature"] == 1.0:
-        return list(probs)
-    return torch.softmax(torch.log(torch.as_tensor(probs, dtype=torch.float64)) / trust["temperature"], 0).tolist()
 
 
 class ClientGone(Exception):
