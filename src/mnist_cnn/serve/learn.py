@@ -134,7 +134,7 @@ def teach_step(s: Session, x: torch.Tensor, label: int, zero_grad: bool, train_m
     s.since_zero_grad += 1
     w = model.fc2.weight
     j = int(w.grad[label].abs().argmax())  # the fc2 weight into the true digit that moves most
-    old = float(w[label, j])
+    old = float(w.detach()[label, j])
     grad_norm = float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters())))
     s.opt.step()
     s.steps += 1
@@ -150,7 +150,7 @@ def teach_step(s: Session, x: torch.Tensor, label: int, zero_grad: bool, train_m
         "saliency": (saliency / saliency.max().clamp_min(1e-12)).tolist(), "saliency_max": float(saliency.max()),
         "fc2_grad": w.grad.tolist(), "fc2_grad_norm_per_digit": w.grad.norm(dim=1).tolist(),
         "update": {"param": f"fc2.weight[{label}, {j}]", "old": old, "grad": float(w.grad[label, j]),
-                   "lr": lr, "new": float(w[label, j])},
+                   "lr": lr, "new": float(w.detach()[label, j])},
     }
 
 
