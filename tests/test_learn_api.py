@@ -153,11 +153,13 @@ def test_without_zero_grad_gradients_accumulate(app, pixels):
 
 def test_sessions_are_bounded(app, pixels):
     store = app.state.teach
-    limit, store.limit = store.limit, len(store) + 1
+    limit, store.limit = store.limit, 1
     try:
-        assert TestClient(app).post("/api/teach", json={"pixels": pixels, "label": 0}).status_code == 200
-        r = TestClient(app).post("/api/teach", json={"pixels": pixels, "label": 0})
-        assert r.status_code == 503 and "teaching sessions" in r.json()["detail"]
+        first, second = TestClient(app), TestClient(app)
+        assert first.post("/api/teach", json={"pixels": pixels, "label": 0}).json()["steps"] == 1
+        assert second.post("/api/teach", json={"pixels": pixels, "label": 0}).status_code == 200
+        assert len(store) == store.limit  # the least recently used copy made room: first's is gone
+        assert first.post("/api/teach", json={"pixels": pixels, "label": 0}).json()["steps"] == 1
     finally:
         store.limit = limit
 

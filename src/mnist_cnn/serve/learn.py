@@ -13,7 +13,7 @@ output-size arithmetic of a network the learner configures.
 A teaching session is a cookie naming a private copy of the model, its optimizer and its accumulated gradients.
 The served model is never trained. Sessions are bounded: at most MAX_SESSIONS at once (~4 MB each for the
 tutorial's network: weights, gradients, momentum), each dropped after IDLE_SECONDS without a step; when all are
-in use the answer is 503, not more memory.
+in use the least recently used copy is dropped to make room, so memory stays bounded and no request is refused.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class Sessions:
         self._lock = threading.Lock()
 
     def get(self, sid: str | None, model: Net) -> tuple[str, Session]:
-        """This browser's session, or a new one (503 when all MAX_SESSIONS are in use and none is idle)."""
+        """This browser's session, or a new one (the least recently used one dropped when all are in use)."""
         with self._lock:
             now = time.monotonic()
             for old in [k for k, s in self._by_id.items() if now - s.used > self.idle]:
@@ -94,9 +94,8 @@ class Sessions:
             if sid in self._by_id:
                 self._by_id[sid].used = now
                 return sid, self._by_id[sid]
-            if len(self._by_id) >= self.limit:
-                raise HTTPException(503, f"all {self.limit} teaching sessions are in use; try again in a few "
-                                         f"minutes (idle ones end after {self.idle:.0f} s)")
+            while self._by_id and len(self._by_id) >= self.limit:  # full: the least recently used copy makes room
+                del self._by_id[min(self._by_id, key=lambda k: self._by_id[k].used)]
             sid = secrets.token_urlsafe(16)
             self._by_id[sid] = Session(model)
             return sid, self._by_id[sid]
@@ -176,8 +175,7 @@ async def explain(body: ExplainIn, request: Request):
         raise HTTPException(422, str(e)) from None
 
 
-@router.post("/api/teach", summary="one training step on this browser session's private copy of the model",
-             responses={503: {"description": "all teaching sessions in use"}})
+@router.post("/api/teach", summary="one training step on this browser session's private copy of the model")
 async def teach(body: TeachIn, request: Request, response: Response):
     sessions: Sessions = request.app.state.teach
     sid, s = sessions.get(request.cookies.get(COOKIE), request.app.state.engine.model)
