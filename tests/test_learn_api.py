@@ -173,3 +173,24 @@ def test_shapes_for_a_configured_network(client):
     assert r.status_code == 422 and "larger than" in r.json()["detail"]
     r = client.get("/api/shapes?kernel_size=1&pool_kernel=1&pool_stride=1&c2=512&fc_units=4096")
     assert r.status_code == 422 and "parameters" in r.json()["detail"]
+
+
+def test_learning_views_share_the_servers_worker_bound(app, pixels):
+    """A flood of explain and teach requests runs in the server's --decoders worker threads (shared with upload
+    decoding), not in an unbounded pool where it could take every core from /api/predict."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    def pool_threads() -> set:  # threads of an unbounded pool (Starlette's run_in_threadpool: AnyIO's workers)
+        return {t.ident for t in threading.enumerate() if t.name.startswith("AnyIO worker")}
+
+    before = pool_threads()
+    unit = {"layer": "conv2", "channel": 1, "y": 2, "x": 3}
+    with TestClient(app) as client, ThreadPoolExecutor(12) as clients:  # one event loop, 12 concurrent clients
+        calls = [("/api/explain", {"pixels": pixels, "unit": unit})] * 20 + [("/api/teach", {"pixels": pixels,
+                                                                                              "label": 1})] * 4
+        codes = [r.status_code for r in clients.map(lambda call: client.post(call[0], json=call[1]), calls)]
+    assert codes == [200] * len(calls)
+    workers = [t for t in threading.enumerate() if t.name.startswith("mnist-cnn-work")]
+    assert 1 <= len(workers) <= app.state.limits.decoders
+    assert pool_threads() - before == set()

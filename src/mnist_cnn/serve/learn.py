@@ -10,6 +10,9 @@ output-size arithmetic of a network the learner configures.
     GET  /api/shapes         ?kernel_size=&pool_kernel=&pool_stride=&c1=&c2=&fc_units= -> `mnist-cnn summary`'s
                              table for that network, or 422 saying why it cannot work
 
+Explain and teach run in the server's worker threads (app.Workers: at most --decoders jobs at once, shared with
+upload decoding), never in an unbounded pool, so a flood of them cannot take the CPU from /api/predict.
+
 A teaching session is a cookie naming a private copy of the model, its optimizer and its accumulated gradients.
 The served model is never trained. Sessions are bounded: at most MAX_SESSIONS at once (~4 MB each for the
 tutorial's network: weights, gradients, momentum), each dropped after IDLE_SECONDS without a step; when all are
@@ -27,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from mnist_cnn.config import conv_layers
 from mnist_cnn.data import normalize
@@ -169,8 +171,9 @@ def _image(pixels, model: Net) -> torch.Tensor:
 async def explain(body: ExplainIn, request: Request):
     model = request.app.state.engine.model
     x = _image(body.pixels, model)
-    try:
-        return await run_in_threadpool(explain_unit, model, x, body.unit.model_dump(exclude_none=True))
+    try:  # in the server's worker threads, bounded with upload decoding (app.Workers)
+        return await request.app.state.workers.run(request, explain_unit, model, x,
+                                                   body.unit.model_dump(exclude_none=True))
     except UnitError as e:
         raise HTTPException(422, str(e)) from None
 
@@ -178,15 +181,17 @@ async def explain(body: ExplainIn, request: Request):
 @router.post("/api/teach", summary="one training step on this browser session's private copy of the model")
 async def teach(body: TeachIn, request: Request, response: Response):
     sessions: Sessions = request.app.state.teach
-    sid, s = sessions.get(request.cookies.get(COOKIE), request.app.state.engine.model)
-    response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", max_age=int(IDLE_SECONDS))
-    x = _image(body.pixels, request.app.state.engine.model)
+    model = request.app.state.engine.model
+    x = _image(body.pixels, model)
 
-    def step():
+    def step():  # a new session copies the model: that too in a worker thread
+        sid, s = sessions.get(request.cookies.get(COOKIE), model)
         with s.lock:  # one step at a time per session; other sessions run in parallel
-            return teach_step(s, x, body.label, body.zero_grad, body.train_mode, body.lr)
+            return sid, teach_step(s, x, body.label, body.zero_grad, body.train_mode, body.lr)
 
-    return await run_in_threadpool(step)
+    sid, out = await request.app.state.workers.run(request, step)  # bounded with upload decoding (app.Workers)
+    response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", max_age=int(IDLE_SECONDS))
+    return out
 
 
 @router.post("/api/teach/reset", summary="forget this browser session's copy of the model")

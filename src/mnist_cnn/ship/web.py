@@ -3,6 +3,7 @@
     DIR/index.html      the page: a drawing pad, the prediction, 10 bars, the 28x28 input, a latency line
     DIR/page.js         drawing, onnxruntime-web session, painting; measureLatency() times it in the page
     DIR/preprocess.js   the server's preprocessing (predict/preprocess.py's to_mnist) ported step for step
+    DIR/draw.js         the drawing pad (pointer events -> strokes), shared with the served page
     DIR/model.onnx      the exported model; DIR/model.json its metadata for the page
     DIR/ort/            onnxruntime-web's WebAssembly build: ort.wasm.min.js, the .wasm and its .mjs loader
 
@@ -36,7 +37,7 @@ ORT_WEB_INTEGRITY = "sha512-q0y+JrrtukXSzsBWEMccVfqX25LRmosXHF+CaRJmg8pZClzcV7sv
 ORT_WEB_URL = f"https://registry.npmjs.org/{ORT_WEB}/-/{ORT_WEB}-{ORT_WEB_VERSION}.tgz"
 ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.wasm", "ort-wasm-simd-threaded.mjs")  # from package/dist/
 PAGE = Path(__file__).with_name("page")
-PAGE_FILES = ("index.html", "page.js", "preprocess.js")
+PAGE_FILES = ("index.html", "page.js", "preprocess.js", "draw.js")  # draw.js, preprocess.js: the served page's too
 
 
 def cache_file() -> Path:

@@ -1,67 +1,34 @@
-// The page: a drawing pad that asks /api/predict as you draw, and paints the answer.
+// The page: a drawing pad (draw.js) that asks /api/predict as you draw, and paints the answer.
 // No framework, no build step, nothing fetched from outside this server.
+//
+// Fast path, one stroke to the next: the pad is reduced to the 28x28 digit here (preprocess.js, the server's
+// to_mnist ported step for step, shared with `export --web`) and only those 784 pixels go to the server; the
+// feature maps come back as 8-bit base64. No debounce: a request goes out as soon as the pad changes and none is
+// in flight; while one is, the latest drawing waits and goes next (at most one in flight, the latest wins).
+// Number mode uploads the pad as a PNG: cutting a number into digits is the server's (predict/segment.py).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const pad = $("pad"), ctx = pad.getContext("2d");
-const DEBOUNCE_MS = 120;       // wait this long after the last stroke movement before asking again
 const LAYERS = [               // [name, caption, css pixels per feature-map pixel]
   ["conv1", "conv1 + ReLU", 2], ["pool1", "max-pool", 3], ["conv2", "conv2 + ReLU", 3], ["pool2", "max-pool", 5],
 ];
 
-// ---------------------------------------------------------------------------------------------------------------
-// drawing: pointer events cover mouse, touch and pen alike
+let classes = [...Array(10).keys()].map(String);  // class k's name, from /api/model
+let digits = true;             // the model reads digits: drawing makes sense (else: pick a test image)
+let inFlight = false, dirty = false;
+let clearedAt = 0;             // the pad's version at the last clear: an answer to an older drawing is dropped
 
-let drawing = false, inked = false, last = null;
-let generation = 0;            // bumped by every clear: an answer to an older drawing is dropped
+const pad = drawPad($("pad"), { width: () => +$("width").value, changed: drawn, ended: drawn });
+const boxes = $("boxes"), bctx = boxes.getContext("2d");
+
+function drawn() { $("truth").textContent = ""; predictPad(); }
 
 function clearPad() {
-  ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, pad.width, pad.height);
-  inked = false;
-  generation++;
-  clearTimeout(timer);
+  pad.clear();
+  clearedAt = pad.version;
   dirty = false;
   document.body.dataset.busy = "0";
   clearBoxes();
-}
-
-function at(ev) {  // event -> canvas coordinates, whatever size CSS gives the canvas
-  const r = pad.getBoundingClientRect();
-  return [(ev.clientX - r.left) * pad.width / r.width, (ev.clientY - r.top) * pad.height / r.height];
-}
-
-function stroke(from, to) {
-  ctx.strokeStyle = "#fff";
-  ctx.fillStyle = "#fff";
-  ctx.lineWidth = +$("width").value;
-  ctx.lineCap = "round";
-  ctx.lineJoin = "round";
-  ctx.beginPath();
-  ctx.moveTo(from[0], from[1]);
-  ctx.lineTo(to[0], to[1]);
-  ctx.stroke();
-}
-
-pad.addEventListener("pointerdown", (ev) => {
-  ev.preventDefault();
-  pad.setPointerCapture(ev.pointerId);
-  drawing = true;
-  last = at(ev);
-  stroke(last, last);  // a tap leaves a dot
-  inked = true;
-  $("truth").textContent = "";
-  schedule();
-});
-pad.addEventListener("pointermove", (ev) => {
-  if (!drawing) return;
-  const p = at(ev);
-  stroke(last, p);
-  last = p;
-  schedule();
-});
-for (const end of ["pointerup", "pointercancel"]) {
-  pad.addEventListener(end, () => { drawing = false; schedule(); });
 }
 
 $("width").addEventListener("input", () => { $("width-out").textContent = $("width").value; });
@@ -73,40 +40,52 @@ $("clear").addEventListener("click", () => {
 $("number-mode").addEventListener("change", () => {
   const on = $("number-mode").checked;
   document.body.classList.toggle("number-mode", on);
-  pad.width = boxes.width = on ? 840 : 280;
+  pad.canvas.width = boxes.width = on ? 840 : 280;
   clearPad();
   resetResult();
 });
 
 // ---------------------------------------------------------------------------------------------------------------
-// asking the server: debounced, at most one request in flight, the latest drawing always wins
-
-let timer = null, inFlight = false, dirty = false;
-
-function schedule() {
-  document.body.dataset.busy = "1";  // for tests: an answer is still coming
-  clearTimeout(timer);
-  timer = setTimeout(predictPad, DEBOUNCE_MS);
-}
+// asking the server: at most one request in flight, the latest drawing always wins
 
 async function predictPad() {
-  if (!inked) { document.body.dataset.busy = "0"; return; }  // a cleared pad asks nothing
+  if (!pad.inked) { document.body.dataset.busy = "0"; return; }  // a cleared pad asks nothing
+  document.body.dataset.busy = "1";  // for tests: an answer is still coming
   if (inFlight) { dirty = true; return; }
   inFlight = true;
   try {
-    const blob = await new Promise((ok) => pad.toBlob(ok, "image/png"));
-    const form = new FormData();
-    form.append("file", blob, "drawing.png");
-    const r = await ask(fetch("/api/predict?activations=true", { method: "POST", body: form }));
-    if (r && $("number-mode").checked) drawBoxes(r.digits || []);  // boxes are in the pad's pixels
+    const version = pad.version, number = $("number-mode").checked;
+    const r = await ask(number ? padUpload() : padPixels(), version);
+    if (r && number) drawBoxes(r.digits || []);  // boxes are in the pad's pixels
   } finally {
     inFlight = false;
-    if (dirty) { dirty = false; predictPad(); } else if (!drawing) document.body.dataset.busy = "0";
+    if (dirty) { dirty = false; predictPad(); } else if (!pad.drawing) document.body.dataset.busy = "0";
   }
 }
 
-async function ask(request) {
-  const mine = generation;
+function padPixels() {  // the pad -> its 28x28 digit, here -> POST {pixels: 784 numbers}
+  let pixels;
+  try {
+    pixels = mnistPreprocess.toMnist(pad.pixels(), pad.canvas.width, pad.canvas.height);
+  } catch (e) {
+    return padUpload();  // e.g. no ink found: the server says so in its own words
+  }
+  return postPixels(Array.from(pixels));
+}
+
+async function padUpload() {  // the pad as a PNG, preprocessed (and cut into digits) by the server
+  const blob = await new Promise((ok) => pad.canvas.toBlob(ok, "image/png"));
+  const form = new FormData();
+  form.append("file", blob, "drawing.png");
+  return fetch("/api/predict?activations=true", { method: "POST", body: form });
+}
+
+function postPixels(pixels) {
+  return fetch("/api/predict?activations=true", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ pixels }) });
+}
+
+async function ask(request, version = pad.version) {
   let res;
   try {
     res = await request;
@@ -114,9 +93,9 @@ async function ask(request) {
     return say("The server is not answering: " + e.message);
   }
   const body = await res.json().catch(() => ({}));
-  if (mine !== generation) return;  // the pad was cleared while this was in flight: its answer is stale
+  if (version < clearedAt) return;  // the pad was cleared while this was in flight: its answer is stale
   if (!res.ok) return say(`${res.status}: ${body.detail || res.statusText}`);
-  render(body);
+  render(body, version);
   return body;
 }
 
@@ -125,16 +104,18 @@ function say(text) { $("status").textContent = text; }
 // ---------------------------------------------------------------------------------------------------------------
 // painting the answer
 
-function buildBars() {
+function buildBars() {  // one row per class: its name, a bar, the probability
   const bars = $("bars");
-  for (let d = 0; d < 10; d++) {
+  bars.replaceChildren();
+  bars.classList.toggle("named", !digits);
+  classes.forEach((name, d) => {
     const label = document.createElement("div"), track = document.createElement("div");
     const fill = document.createElement("div"), value = document.createElement("div");
-    label.className = "bar-label"; label.textContent = d;
+    label.className = "bar-label"; label.textContent = name;
     track.className = "bar-track"; fill.className = "bar-fill"; track.appendChild(fill);
     value.className = "bar-value"; value.id = "p" + d; value.textContent = "–";
     for (const el of [label, track, value]) { el.dataset.digit = d; bars.appendChild(el); }
-  }
+  });
 }
 
 function resetResult() {
@@ -144,41 +125,43 @@ function resetResult() {
   $("digit-list").replaceChildren();
   $("confidence").textContent = "no prediction yet";
   $("truth").textContent = "";
-  for (let d = 0; d < 10; d++) {
-    document.querySelector(`.bar-track[data-digit="${d}"] .bar-fill`).style.width = "0";
-    $("p" + d).textContent = "–";
-  }
+  paintBars(null, -1);
   $("seen").getContext("2d").clearRect(0, 0, 28, 28);
   $("maps").replaceChildren();
   document.body.dataset.prediction = "";
   document.body.dataset.isDigit = "";
   document.body.dataset.number = "";
-  say($("number-mode").checked ? "Write a number, digits side by side." : "Draw a digit in the black square.");
+  say(!digits ? "Pick a test image below the pad." : $("number-mode").checked
+    ? "Write a number, digits side by side." : "Draw a digit in the black square.");
 }
 
-function render(r) {
+function render(r, version) {
   $("digit").classList.toggle("not-digit", r.is_digit === false);
   $("best-guess").textContent = "";
   $("digit-list").replaceChildren();
   clearBoxes();
+  const name = classes[r.best_guess] ?? String(r.best_guess);
+  $("digit").classList.toggle("named", !digits);
   if (r.digits && r.digits.length > 1) renderNumber(r);
   else if (r.is_digit === false) {
     $("digit").textContent = "✗";
     $("confidence").textContent = "not a digit";
-    $("best-guess").textContent = `best guess ${r.best_guess} (${(100 * r.confidence).toFixed(1)}%)`;
+    $("best-guess").textContent = `best guess ${name} (${(100 * r.confidence).toFixed(1)}%)`;
   } else {
-    $("digit").textContent = r.best_guess;
-    $("confidence").textContent = `${(100 * r.confidence).toFixed(1)}% sure it is a ${r.best_guess}`;
+    $("digit").textContent = name;
+    $("confidence").textContent = `${(100 * r.confidence).toFixed(1)}% sure it is ${digits ? "a " : ""}${name}`;
   }
   paintBars(r.probabilities, r.best_guess);
   paintGray($("seen"), r.input_28x28.flat(), 28, 28);
   if (r.activations) paintMaps(r.activations);
-  document.body.dataset.prediction = r.prediction ?? (r.number ?? "none");  // for tests: the page has an answer
-  document.body.dataset.isDigit = String(r.is_digit);
-  document.body.dataset.number = r.number ?? "";
+  const data = document.body.dataset;
+  data.prediction = r.prediction ?? (r.number ?? "none");  // for tests: the page has an answer
+  data.isDigit = String(r.is_digit);
+  data.number = r.number ?? "";
+  data.shownVersion = String(version);  // the pad's version this answer was made from (bench/page_latency.py)
   document.dispatchEvent(new CustomEvent("mnist:result", { detail: r }));  // learn.js explains this answer
-  document.body.dataset.updates = (+(document.body.dataset.updates || 0) + 1).toString();
-  say("Keep drawing: the answer follows every stroke.");
+  data.updates = (+(data.updates || 0) + 1).toString();
+  say(digits ? "Keep drawing: the answer follows every stroke." : "Pick another test image.");
 }
 
 function renderNumber(r) {
@@ -196,15 +179,13 @@ function renderNumber(r) {
   }
 }
 
-const boxes = $("boxes"), bctx = boxes.getContext("2d");
-
 function clearBoxes() { bctx.clearRect(0, 0, boxes.width, boxes.height); }
 
-function drawBoxes(digits) {  // each digit's box over the pad, its reading above it
+function drawBoxes(found) {  // each digit's box over the pad, its reading above it
   clearBoxes();
   bctx.lineWidth = 3;
   bctx.font = "bold 26px system-ui, sans-serif";
-  for (const d of digits) {
+  for (const d of found) {
     if (!d.box) continue;
     const [x0, y0, x1, y1] = d.box;
     bctx.strokeStyle = bctx.fillStyle = d.is_digit === false ? "#e8710a" : "#34d399";
@@ -214,20 +195,25 @@ function drawBoxes(digits) {  // each digit's box over the pad, its reading abov
 }
 
 function paintBars(p, top) {
-  for (let d = 0; d < 10; d++) {
-    const fill = document.querySelector(`.bar-track[data-digit="${d}"] .bar-fill`);
-    fill.style.width = p ? (100 * p[d]).toFixed(2) + "%" : "0";
-    for (const el of document.querySelectorAll(`#bars [data-digit="${d}"]`)) {
-      el.classList.toggle("bar-row-top", p != null && d === top);
-    }
-    $("p" + d).textContent = p ? (100 * p[d]).toFixed(1) + "%" : "–";
-    $("p" + d).dataset.p = p ? p[d] : "";
+  const rows = $("bars").children;  // label, track, value per class
+  for (let d = 0; d < rows.length / 3; d++) {
+    const [label, track, value] = [rows[3 * d], rows[3 * d + 1], rows[3 * d + 2]];
+    track.firstChild.style.width = p ? (100 * p[d]).toFixed(2) + "%" : "0";
+    for (const el of [label, track, value]) el.classList.toggle("bar-row-top", p != null && d === top);
+    value.textContent = p ? (100 * p[d]).toFixed(1) + "%" : "–";
+    value.dataset.p = p ? p[d] : "";
   }
 }
 
+// a canvas is resized only when its size changes: setting width or height reallocates and clears it
+function sized(canvas, w, h) {
+  if (canvas.width !== w) canvas.width = w;
+  if (canvas.height !== h) canvas.height = h;
+  return canvas.getContext("2d");
+}
+
 function paintGray(canvas, values, w, h) {
-  canvas.width = w; canvas.height = h;
-  const c = canvas.getContext("2d"), img = c.createImageData(w, h);
+  const c = sized(canvas, w, h), img = c.createImageData(w, h);
   for (let i = 0; i < w * h; i++) {
     img.data[4 * i] = img.data[4 * i + 1] = img.data[4 * i + 2] = values[i];
     img.data[4 * i + 3] = 255;
@@ -235,15 +221,17 @@ function paintGray(canvas, values, w, h) {
   c.putImageData(img, 0, 0);
 }
 
-// a small perceptual colour map (black -> purple -> orange -> pale yellow), 256 entries
+// a small perceptual colour map (black -> purple -> orange -> pale yellow): 256 opaque RGBA pixels, packed as
+// the 32-bit words an ImageData holds (byte order R, G, B, A in memory)
 const CMAP = (() => {
   const stops = [[0, 0, 0], [60, 15, 110], [190, 55, 80], [250, 150, 30], [252, 250, 190]];
-  const out = [];
+  const bytes = new Uint8ClampedArray(256 * 4);
   for (let i = 0; i < 256; i++) {
     const t = i / 255 * (stops.length - 1), k = Math.min(Math.floor(t), stops.length - 2), f = t - k;
-    out.push(stops[k].map((v, j) => Math.round(v + f * (stops[k + 1][j] - v))));
+    for (let j = 0; j < 3; j++) bytes[4 * i + j] = Math.round(stops[k][j] + f * (stops[k + 1][j] - stops[k][j]));
+    bytes[4 * i + 3] = 255;
   }
-  return out;
+  return new Uint32Array(bytes.buffer);
 })();
 
 function decode(b64) {
@@ -252,13 +240,13 @@ function decode(b64) {
   return a;
 }
 
+const scratch = {};  // one ImageData per map size, reused for every map of that size
+
 function paintMap(canvas, data, offset, w, h, gain) {
-  canvas.width = w; canvas.height = h;
-  const c = canvas.getContext("2d"), img = c.createImageData(w, h);
-  for (let i = 0; i < w * h; i++) {
-    const rgb = CMAP[Math.round(data[offset + i] * gain)];
-    img.data[4 * i] = rgb[0]; img.data[4 * i + 1] = rgb[1]; img.data[4 * i + 2] = rgb[2]; img.data[4 * i + 3] = 255;
-  }
+  const c = sized(canvas, w, h), key = w + "x" + h;
+  const img = scratch[key] || (scratch[key] = c.createImageData(w, h));
+  const px = new Uint32Array(img.data.buffer);
+  for (let i = 0; i < w * h; i++) px[i] = CMAP[Math.round(data[offset + i] * gain)];
   c.putImageData(img, 0, 0);
 }
 
@@ -305,32 +293,56 @@ function paintMaps(acts) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// a test digit, an upload: both land on the pad as the 28x28 the network saw
+// a test image, an upload: both land on the pad as the 28x28 the network saw
 
 function showOnPad(pixels) {
   const small = document.createElement("canvas");
   paintGray(small, pixels.flat(), 28, 28);
   clearPad();
-  ctx.imageSmoothingEnabled = true;
-  ctx.drawImage(small, 0, 0, pad.width, pad.height);
-  inked = true;
+  pad.put(small);
+}
+
+async function getJSON(path) {  // the parsed answer, or null with the reason said in the status line
+  let res;
+  try { res = await fetch(path); } catch (e) { say("The server is not answering: " + e.message); return null; }
+  const body = await res.json().catch(() => ({}));
+  if (!res.ok) { say(`${res.status}: ${body.detail || res.statusText}`); return null; }
+  return body;
+}
+
+async function showSample(s) {  // a test image {index, label, pixels}: on the pad, predicted, its truth said
+  showOnPad(s.pixels);
+  const r = await ask(postPixels(s.pixels));
+  if (r) {
+    const ok = r.best_guess === s.label, what = digits ? "digit" : "image";
+    $("truth").textContent = `test ${what} #${s.index}: true label ${classes[s.label] ?? s.label} ` +
+      (ok ? "✓" : "✗ (a miss)");
+  }
 }
 
 $("sample").addEventListener("click", async () => {
-  say("Fetching a test digit…");
-  let res;
-  try { res = await fetch("/api/sample"); } catch (e) { return say("The server is not answering: " + e.message); }
-  const s = await res.json().catch(() => ({}));
-  if (!res.ok) return say(`${res.status}: ${s.detail || res.statusText}`);
-  showOnPad(s.pixels);
-  const r = await ask(fetch("/api/predict?activations=true", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ pixels: s.pixels }),
-  }));
-  if (r) {
-    const ok = r.best_guess === s.label;
-    $("truth").textContent = `test digit #${s.index}: true label ${s.label} ${ok ? "✓" : "✗ (a miss)"}`;
-  }
+  say("Fetching a test image…");
+  const s = await getJSON("/api/sample");
+  if (s) await showSample(s);
 });
+
+const GALLERY = 24;  // test images offered to click when the model does not read digits
+
+async function buildGallery() {  // thumbnails of random test images; a click predicts one
+  const got = await getJSON(`/api/samples?n=${GALLERY}`);
+  if (!got) return;
+  const gallery = $("gallery");
+  gallery.replaceChildren();
+  for (const s of got.samples) {
+    const thumb = document.createElement("canvas");
+    thumb.className = "pixelated";
+    thumb.title = `test image #${s.index}: ${s.class_name}`;
+    thumb.dataset.index = s.index;
+    paintGray(thumb, s.pixels.flat(), 28, 28);
+    thumb.addEventListener("click", () => showSample(s));
+    gallery.appendChild(thumb);
+  }
+}
 
 $("upload").addEventListener("change", async () => {
   const file = $("upload").files[0];
@@ -345,16 +357,33 @@ $("upload").addEventListener("change", async () => {
 // ---------------------------------------------------------------------------------------------------------------
 
 async function showModel() {
+  let m;
   try {
-    const m = await (await fetch("/api/model")).json();
-    const acc = m.test_accuracy == null ? "" : ` · test accuracy ${(100 * m.test_accuracy).toFixed(2)}%`;
-    const ep = m.epochs == null ? "" : ` after ${m.epochs} epoch${m.epochs === 1 ? "" : "s"}`;
-    $("model-line").textContent = `model ${m.checkpoint} · ${m.params.toLocaleString("en")} parameters${acc}${ep}`;
+    m = await (await fetch("/api/model")).json();
   } catch (e) {
     $("model-line").textContent = "model info unavailable";
+    return;
   }
+  if (m.classes) {
+    classes = m.classes;
+    digits = classes.length === 10 && classes.every((c, d) => c === String(d));
+  }
+  document.body.classList.toggle("not-digits", !digits);  // style.css hides drawing; the gallery shows
+  if (!digits) {
+    $("title").textContent = `Pick a ${m.dataset} test image, watch the CNN think`;
+    buildBars();
+    resetResult();
+    buildGallery();
+  }
+  document.dispatchEvent(new CustomEvent("mnist:model", { detail: m }));  // learn.js names the classes
+  const acc = m.test_accuracy == null ? "" : ` · test accuracy ${(100 * m.test_accuracy).toFixed(2)}%`;
+  const ep = m.epochs == null ? "" : ` after ${m.epochs} epoch${m.epochs === 1 ? "" : "s"}`;
+  const data = digits ? "" : ` · ${m.dataset}`;
+  $("model-line").textContent = `model ${m.checkpoint}${data} · ${m.params.toLocaleString("en")} parameters` +
+    acc + ep;
 }
 
 buildBars();
 clearPad();
+resetResult();
 showModel();

@@ -8,10 +8,17 @@
 const $ = (id) => document.getElementById(id);
 const fmt = (v) => (Math.abs(v) < 1e-12 ? "0" : Number(v).toPrecision(4));
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]);
+let names = [...Array(10).keys()].map(String);  // class k's name (the model's, from /api/model)
 let last = null;  // the latest /api/predict answer: its input_28x28 is what every view below explains
 
 document.addEventListener("mnist:result", (ev) => { last = ev.detail; $("learn-hint").hidden = true; });
 document.addEventListener("mnist:clear", () => { last = null; $("learn-hint").hidden = false; });
+document.addEventListener("mnist:model", (ev) => {  // the model's class names for "It is a ..."
+  if (!ev.detail.classes) return;
+  names = ev.detail.classes;
+  if (names.every((c, d) => c === String(d))) return;  // digits: the options in index.html
+  $("teach-label").replaceChildren(...names.map((name, k) => new Option(name, String(k))));
+});
 
 async function api(path, body) {
   const res = await fetch(path, body === undefined ? {} : {
@@ -91,10 +98,10 @@ function renderLinear(u) {
     <p class="sum">sum = <b>${fmt(u.sum)}</b>`;
   if (u.layer === "fc1") return out + `; after ReLU <b>${fmt(u.relu)}</b></p>`;
   const s = u.softmax;
-  const srows = s.logits.map((z, d) => `<tr${d === u.index ? ' class="won"' : ""}><td>${d}</td><td>${fmt(z)}</td>
+  const srows = s.logits.map((z, d) => `<tr${d === u.index ? ' class="won"' : ""}><td>${esc(names[d] ?? d)}</td><td>${fmt(z)}</td>
     <td>${fmt(s.exp[d])}</td><td>${fmt(s.probabilities[d])}</td></tr>`).join("");
   return out + ` = the logit z<sub>${u.index}</sub></p><h4>softmax: e<sup>z</sup> / Σ e<sup>z</sup></h4>
-    <table class="nums wide-table"><tr><th>digit</th><th>z</th><th>e<sup>z</sup></th><th>probability</th></tr>
+    <table class="nums wide-table"><tr><th>class</th><th>z</th><th>e<sup>z</sup></th><th>probability</th></tr>
     ${srows}<tr><td colspan="2">total</td><td>${fmt(s.total)}</td><td>1</td></tr></table>`;
 }
 

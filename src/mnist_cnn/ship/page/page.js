@@ -1,53 +1,17 @@
-// The static page: draw on the pad, preprocess in JS (preprocess.js, the server's steps), run model.onnx with
-// onnxruntime-web's WebAssembly backend, paint the answer. Everything is loaded from this folder.
+// The static page: draw on the pad (draw.js), preprocess in JS (preprocess.js, the server's steps), run
+// model.onnx with onnxruntime-web's WebAssembly backend, paint the answer. Everything is loaded from this folder.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const pad = $("pad"), ctx = pad.getContext("2d", { willReadFrequently: true });
 const STROKE = 22;            // pen width in pad pixels (the server page's default)
 const WARM_RUNS = 50;         // timed runs per latency figure, after one untimed warm-up run
 
 ort.env.wasm.wasmPaths = new URL("ort/", location.href).href;
 ort.env.wasm.numThreads = 1;  // threads need cross-origin isolation, which a plain static server does not give
 
-let session = null, drawing = false, last = null, inked = false, busy = false, again = false;
-
-function clearPad() {
-  ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, pad.width, pad.height);
-  inked = false;
-}
-
-function at(ev) {
-  const r = pad.getBoundingClientRect();
-  return [(ev.clientX - r.left) * pad.width / r.width, (ev.clientY - r.top) * pad.height / r.height];
-}
-
-function stroke(from, to) {
-  Object.assign(ctx, { strokeStyle: "#fff", lineWidth: STROKE, lineCap: "round", lineJoin: "round" });
-  ctx.beginPath();
-  ctx.moveTo(from[0], from[1]);
-  ctx.lineTo(to[0], to[1]);
-  ctx.stroke();
-}
-
-pad.addEventListener("pointerdown", (ev) => {
-  ev.preventDefault();
-  pad.setPointerCapture(ev.pointerId);
-  drawing = true;
-  last = at(ev);
-  stroke(last, last);
-  inked = true;
-});
-pad.addEventListener("pointermove", (ev) => {
-  if (!drawing) return;
-  const p = at(ev);
-  stroke(last, p);
-  last = p;
-  predictPad();
-});
-for (const end of ["pointerup", "pointercancel"]) pad.addEventListener(end, () => { drawing = false; predictPad(); });
-$("clear").addEventListener("click", () => { clearPad(); $("digit").textContent = "?"; });
+let session = null, busy = false, again = false;
+const pad = drawPad($("pad"), { width: () => STROKE, changed: predictPad, ended: predictPad });  // draw.js
+$("clear").addEventListener("click", () => { pad.clear(); $("digit").textContent = "?"; });
 
 // ---------------------------------------------------------------------------------------------------------------
 
@@ -63,11 +27,11 @@ async function classify(pixels) {  // Uint8Array(784) -> 10 probabilities
 }
 
 function padPixels() {
-  return mnistPreprocess.toMnist(ctx.getImageData(0, 0, pad.width, pad.height).data, pad.width, pad.height);
+  return mnistPreprocess.toMnist(pad.pixels(), pad.canvas.width, pad.canvas.height);
 }
 
 async function predictPad() {
-  if (!session || !inked) return;
+  if (!session || !pad.inked) return;
   if (busy) { again = true; return; }
   busy = true;
   try {
@@ -124,7 +88,6 @@ async function start() {
     bars.insertAdjacentHTML("beforeend", `<div>${d}</div><div class="track"><div class="fill" id="fill-${d}"></div>` +
       `</div><div class="muted" id="value-${d}">0.0%</div>`);
   }
-  clearPad();
   try {
     const info = await (await fetch("model.json")).json();
     session = await ort.InferenceSession.create("model.onnx", { executionProviders: ["wasm"] });
