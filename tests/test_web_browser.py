@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from webutil import serve
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -133,3 +133,58 @@ def test_upload_an_image(browser, server, tmp_path, mnist):
     page.wait_for_function("document.getElementById('truth').textContent.includes('two.png')")
     assert page.locator("#digit").inner_text() == str(int(mnist.test_labels[1]))
     assert not problems, problems
+
+
+def fashion_model(path: Path) -> Path:
+    """A Fashion-MNIST checkpoint: one pass over 1,200 training images with one torch thread (~1 s alone; a
+    few seconds on the shared machine), recording the dataset and its class names as `train --dataset` does."""
+    import torch
+    import torch.nn.functional as F
+
+    from mnist_cnn import checkpoint
+    from mnist_cnn.data import load_dataset, normalize
+    from mnist_cnn.model import Net
+
+    fashion = load_dataset("fashion-mnist", ROOT / "data", quiet=True, fetch=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for i in range(0, 1200, 100):
+        loss = F.cross_entropy(model(normalize(fashion.train_images[i:i + 100])), fashion.train_labels[i:i + 100])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.set_num_threads(threads)
+    checkpoint.save(path, model.eval(), {"epochs": 1, "subset": 1200}, [{"epoch": 1, "note": "tests' Fashion model"}],
+                    dataset=fashion.describe())
+    return path
+
+
+def test_a_fashion_model_names_its_classes_and_offers_test_images(browser, tmp_path):
+    """A model trained on Fashion-MNIST: the page names the classes, hides the drawing (a drawn sneaker is not
+    what the model saw: its test images are), and a clicked test image is classified with its name."""
+    from mnist_cnn.data import SOURCES
+
+    if not (ROOT / "data" / "FashionMNIST").is_dir():
+        pytest.skip("no Fashion-MNIST in ./data (`mnist-cnn data --dataset fashion-mnist`)")
+    names = list(SOURCES["fashion-mnist"].classes)
+    with serve(fashion_model(tmp_path / "fashion.pth"), ROOT / "data", tmp_path / "serve.log") as base:
+        page, problems, outside = open_page(browser, base, 390, 900)  # a phone, too
+        page.wait_for_selector("#gallery canvas")
+        assert page.locator(".bar-label").all_inner_texts() == names
+        assert not page.locator("#number-mode").is_visible() and not page.locator("#width").is_visible()
+        assert page.locator("#gallery canvas").count() == 24
+        thumb = page.locator("#gallery canvas").nth(2)
+        index, title = int(thumb.get_attribute("data-index")), thumb.get_attribute("title")
+        thumb.click()
+        page.wait_for_function("document.getElementById('truth').textContent.includes('true label')")
+        _, probs, _ = shown(page)
+        assert page.locator("#digit").inner_text() == names[probs.index(max(probs))]
+        truth = page.locator("#truth").inner_text()
+        assert f"#{index}" in truth and title.split(": ")[1] in truth  # the true class, by name
+        assert page.locator("#teach-label option").all_text_contents() == names
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        assert not problems, problems
+        assert not outside, outside

@@ -55,7 +55,8 @@ async function predictPad() {
   inFlight = true;
   try {
     const version = pad.version, number = $("number-mode").checked;
-    const r = await ask(number ? padUpload() : padPixels(), version);
+    const request = number ? padUpload() : padPixels();
+    const r = request && await ask(request, version);
     if (r && number) drawBoxes(r.digits || []);  // boxes are in the pad's pixels
   } finally {
     inFlight = false;
@@ -63,12 +64,13 @@ async function predictPad() {
   }
 }
 
-function padPixels() {  // the pad -> its 28x28 digit, here -> POST {pixels: 784 numbers}
+function padPixels() {  // the pad -> its 28x28 digit, here -> POST {pixels: 784 numbers}; null: nothing to ask
   let pixels;
   try {
     pixels = mnistPreprocess.toMnist(pad.pixels(), pad.canvas.width, pad.canvas.height);
-  } catch (e) {
-    return padUpload();  // e.g. no ink found: the server says so in its own words
+  } catch (e) {  // "no ink found" (a first dot is too little to crop to): say it, ask again on the next stroke
+    say(e.message);
+    return null;
   }
   return postPixels(Array.from(pixels));
 }
