@@ -100,7 +100,7 @@ def static_server(exported):
 
 def test_export_writes_only_the_needed_files(exported):
     files = sorted(str(p.relative_to(exported["web"])) for p in exported["web"].rglob("*") if p.is_file())
-    assert files == sorted(["index.html", "page.js", "preprocess.js", "model.onnx", "model.json",
+    assert files == sorted(["index.html", "page.js", "preprocess.js", "draw.js", "model.onnx", "model.json",
                             *(f"ort/{name}" for name in ORT_FILES)])
     html = (exported["web"] / "index.html").read_text()
     assert "http://" not in html and "https://" not in html  # nothing from a CDN
