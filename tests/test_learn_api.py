@@ -193,3 +193,18 @@ def test_learning_views_share_the_servers_worker_bound(app, pixels):
     assert codes == [200] * len(calls)
     assert pool_threads() - before == set()  # none ran in an unbounded pool (a new event loop: new workers)
     assert any(t.name.startswith("mnist-cnn-work") for t in threading.enumerate())  # they ran in Workers' pool
+
+
+def test_samples_are_real_test_images_and_bounded(client, mnist):
+    """/api/samples (the page's gallery for a non-digit model): distinct test images with their true labels;
+    asking for more than MAX_SAMPLES is 422, not a big answer."""
+    from mnist_cnn.serve.app import MAX_SAMPLES
+
+    got = client.get("/api/samples?n=5").json()
+    assert got["classes"] == [str(d) for d in range(10)] and len({s["index"] for s in got["samples"]}) == 5
+    for s in got["samples"]:
+        assert s["pixels"] == mnist.test_images[s["index"]].tolist()
+        assert s["label"] == int(mnist.test_labels[s["index"]]) and s["class_name"] == str(s["label"])
+    for bad in (0, MAX_SAMPLES + 1, "x"):
+        assert client.get(f"/api/samples?n={bad}").status_code == 422
+    assert client.get("/api/model").json()["classes"] == [str(d) for d in range(10)]

@@ -98,7 +98,8 @@ function renderLinear(u) {
     <p class="sum">sum = <b>${fmt(u.sum)}</b>`;
   if (u.layer === "fc1") return out + `; after ReLU <b>${fmt(u.relu)}</b></p>`;
   const s = u.softmax;
-  const srows = s.logits.map((z, d) => `<tr${d === u.index ? ' class="won"' : ""}><td>${esc(names[d] ?? d)}</td><td>${fmt(z)}</td>
+  const srows = s.logits.map((z, d) => `<tr${d === u.index ? ' class="won"' : ""}><td>${esc(names[d] ?? d)}</td>
+    <td>${fmt(z)}</td>
     <td>${fmt(s.exp[d])}</td><td>${fmt(s.probabilities[d])}</td></tr>`).join("");
   return out + ` = the logit z<sub>${u.index}</sub></p><h4>softmax: e<sup>z</sup> / Σ e<sup>z</sup></h4>
     <table class="nums wide-table"><tr><th>class</th><th>z</th><th>e<sup>z</sup></th><th>probability</th></tr>
