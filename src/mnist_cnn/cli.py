@@ -246,7 +246,7 @@ def cmd_serve(args):
     import socket
     from dataclasses import fields
 
-    from mnist_cnn.predict.backend import OnnxBackend, backend_name
+    from mnist_cnn.predict.backend import backend_name, load_backend
     from mnist_cnn.serve import server
     from mnist_cnn.serve.app import create_app
     from mnist_cnn.serve.limits import LOOPBACK_NAMES, Limits
@@ -256,13 +256,11 @@ def cmd_serve(args):
     if not 0 <= args.port <= 65535:
         raise MnistCnnError(f"--port must be in 0..65535, got {args.port}")
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
-    backend = None  # the app builds the PyTorch backend itself
     if backend_name(args.model, args.backend) == "torch":  # onnxruntime: threads per session, torch never imported
         import torch
 
         torch.set_num_threads(args.threads)
-    else:
-        backend = OnnxBackend.load(args.model, args.threads)  # a bad model: one line, before anything listens
+    backend = load_backend(args.model, args.backend, threads=args.threads)  # a bad model: one line, before binding
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # bind here, so a busy port or bad host is one line too, not uvicorn's traceback
         info = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]

@@ -15,8 +15,9 @@
 Every input ends as the same thing, a uint8 28x28 MNIST-style image (white digit on black): an uploaded or
 drawn image goes through `preprocess.to_mnist` (the way MNIST digits were made: crop, fit 20x20, centre of
 mass at the centre); JSON pixels are taken as that image already, exactly as `/api/sample` returns one, so a
-test digit round-trips unchanged. A batch of those images goes through a backend (`TorchBackend`: uint8
-(B, 28, 28) in, probabilities (B, 10) out), the one place that knows how the model runs.
+test digit round-trips unchanged. A batch of those images goes through a backend (predict/backend.py, the
+same as `predict` uses: TorchBackend or OnnxBackend; uint8 (B, 28, 28) in, probabilities (B, 10) out), the one
+place that knows how the model runs.
 
 What a client can get wrong is answered with 4xx and a message, never a 500:
   - bodies over `max_body` -> 413. `BodyLimit` reads the body before any handler does and stops at the limit,
@@ -59,11 +60,11 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from mnist_cnn.errors import MnistCnnError
+from mnist_cnn.predict.backend import LAYERS  # the feature maps `activations` returns to the page
 from mnist_cnn.predict.classifier import reading, temper, trust_of
 from mnist_cnn.serve.limits import LOOPBACK_NAMES, Limits  # noqa: F401 (LOOPBACK_NAMES: for callers)
 
 STATIC = Path(__file__).resolve().parent / "static"
-LAYERS = ("conv1", "pool1", "conv2", "pool2", "fc1")  # what `activations` returns to the page
 
 
 class Busy(Exception):
@@ -78,46 +79,7 @@ log = logging.getLogger("mnist_cnn.serve")
 
 
 # -----------------------------------------------------------------------------
-# the model: a backend runs a batch; the engine feeds it from one thread
-
-
-class TorchBackend:
-    """A checkpoint in PyTorch, on the CPU: uint8 images in, probabilities out. Only the forward thread calls it.
-
-    Another backend plugs in by offering the same: `name`, `meta` (the checkpoint's JSON), `summary`, `classes`,
-    `forward(batch_u8) -> probs` and `activations(batch_u8) -> (probs, {layer: maps})`.
-    """
-
-    name = "torch"
-
-    def __init__(self, model_path: str | Path):
-        from mnist_cnn import checkpoint
-        from mnist_cnn.insight.explain import summary
-
-        self.model, self.meta = checkpoint.load(model_path)  # eval mode, on the CPU
-        self.summary = summary(self.model.cfg)
-        self.classes = checkpoint.class_names(self.meta, self.model.cfg.num_classes)  # class k's name
-
-    def forward(self, batch_u8: np.ndarray) -> np.ndarray:
-        """uint8 (B, 28, 28) -> float32 (B, 10) softmax probabilities."""
-        import torch
-
-        with torch.inference_mode():
-            return torch.softmax(self.model(self._normalize(batch_u8)), dim=1).numpy()
-
-    def _normalize(self, batch_u8: np.ndarray):  # (B, 28, 28) uint8 -> (B, 1, 28, 28) float torch tensor
-        import torch
-
-        from mnist_cnn.data import normalize
-
-        return normalize(torch.from_numpy(batch_u8), self.model.cfg.mean, self.model.cfg.std)
-
-    def activations(self, batch_u8: np.ndarray) -> tuple[np.ndarray, dict]:
-        """uint8 (B, 28, 28) -> (probabilities (B, 10), {layer in LAYERS: (B, ...) feature maps})."""
-        from mnist_cnn.insight.explain import activations
-
-        acts = activations(self.model, self._normalize(batch_u8))  # {layer: (B, ...)}
-        return acts["probs"].numpy(), {name: acts[name] for name in LAYERS}
+# the model: a backend (predict/backend.py) runs a batch; the engine feeds it from one thread
 
 
 class Engine:
@@ -502,11 +464,16 @@ PREDICT_BODY = {
 
 def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | Path = "data",
                dataset: str | None = None, limits: Limits = Limits(), local_hosts=None, backend=None):
-    """The FastAPI app. Loads the checkpoint (unless a backend is given) and the test set now, so a bad --model
-    is a CheckpointError before the server starts and no request ever fetches data. `local_hosts`: the Host
+    """The FastAPI app. Loads the model (unless a backend is given: predict.backend.load_backend picks it by the
+    file) and the test set now, so a bad --model is a CheckpointError before the server starts and no request
+    ever fetches data. `local_hosts`: the Host
     names to answer to (LocalOnly), for a server bound to loopback; None checks nothing."""
     model_path = Path(model_path)
-    engine = Engine(backend or TorchBackend(model_path), limits.queue, limits.batch)
+    if backend is None:
+        from mnist_cnn.predict.backend import load_backend
+
+        backend = load_backend(model_path)
+    engine = Engine(backend, limits.queue, limits.batch)
     samples = SampleSet(engine.backend.meta, model_path, dataset, data_dir, torch_free=engine.model is None)
     api = FastAPI(title="mnist-cnn", version="1", description="Draw a digit, watch the CNN think. "
                   "Every endpoint answers a client's mistake with 4xx and a message.")
