@@ -232,6 +232,8 @@ def add_serve(sub):
     add_dataset(p, for_checkpoint=True)
     p.add_argument("--threads", type=int, default=1,
                    help="threads for the forward pass (default 1: one image is too small to split)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes serving the same port, each with its own model (default 1; docs/serve.md)")
     add_backend_flag(p)
     g = p.add_argument_group("limits (what one client can cost; docs/serve.md)")
     for f in fields(Limits):
@@ -253,6 +255,8 @@ def cmd_serve(args):
 
     if args.threads < 1:
         raise MnistCnnError(f"--threads must be at least 1, got {args.threads}")
+    if not 1 <= args.workers <= 64:
+        raise MnistCnnError(f"--workers must be in 1..64, got {args.workers}")
     if not 0 <= args.port <= 65535:
         raise MnistCnnError(f"--port must be in 0..65535, got {args.port}")
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
@@ -272,8 +276,8 @@ def cmd_serve(args):
     host, port = sock.getsockname()[:2]
     loopback = ipaddress.ip_address(host).is_loopback
     # loads the model and the test set once, now: a bad --model is one line; loopback answers only to its names
-    app = create_app(args.model, args.data_dir, args.dataset, limits,
-                     local_hosts=(*LOOPBACK_NAMES, host) if loopback else None, backend=backend)
+    hosts = (*LOOPBACK_NAMES, host) if loopback else None
+    app = create_app(args.model, args.data_dir, args.dataset, limits, local_hosts=hosts, backend=backend)
     if missing := app.state.samples.missing:
         print(f"note: {missing}; /api/sample answers 503", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
@@ -281,7 +285,16 @@ def cmd_serve(args):
     if not loopback:
         print(f"note: listening on {host}, reachable from other machines; the app has no authentication",
               file=sys.stderr)
-    server.run(app, sock, limits)
+    if args.workers == 1:
+        return server.run(app, sock, limits)
+
+    def worker_app():  # in each worker, after the fork: its own model, engine thread and decoders
+        return create_app(args.model, args.data_dir, args.dataset, limits, local_hosts=hosts,
+                          backend=load_backend(args.model, args.backend, threads=args.threads))
+
+    del app, backend  # built to check everything before any worker starts; the workers build their own
+    if status := server.run_workers(worker_app, sock, limits, args.workers):
+        raise MnistCnnError(f"a worker ended with status {status} (its error is above)")
 
 
 # -----------------------------------------------------------------------------
