@@ -143,10 +143,12 @@ def run_workers(make_app, sock: socket.socket, limits: Limits, workers: int) -> 
     """Fork `workers` processes that all accept on `sock`, each serving `make_app()` (built in the child: its
     own model and threads; nothing is shared but the socket). The parent only waits: SIGINT or SIGTERM is
     passed on to every worker, and if one worker ends the others are stopped too. Returns the exit status."""
-    pids = set()
+    pids, stopping = set(), (signal.SIGINT, signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_BLOCK, stopping)  # a Ctrl-C now waits until every worker is known
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # the worker: never returns into the parent's code
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
             os._exit(_worker(make_app, sock, limits))
         pids.add(pid)
     sock.close()  # the parent accepts nothing
@@ -158,8 +160,9 @@ def run_workers(make_app, sock: socket.socket, limits: Limits, workers: int) -> 
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for signum in stopping:
+        signal.signal(signum, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stopping)
     status = 0
     while pids:
         pid, code = os.wait()
