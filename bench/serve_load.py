@@ -1,17 +1,18 @@
 """The server's latency under load, measured with wrk (a C load generator), and its cost under hostile load.
 
-    python bench/serve_load.py MODEL.pth [--backends torch onnxruntime] [--onnx MODEL.onnx]
-                               [--connections 1 16 64] [--seconds 10] [--repeats 3] [--server-args "--workers 2"]
+    python bench/serve_load.py MODEL.pth [--backends torch onnxruntime] [--onnx MODEL.onnx] [--workers 1 2]
+                               [--connections 1 16 64] [--seconds 10] [--repeats 3] [--server-args "..."]
                                [--hostile] [--load-tool] [--json]
 
-For each backend (both by default) starts `mnist-cnn serve` on a free loopback port (torch: MODEL.pth;
+For each backend (both by default) and each --workers count (`serve --workers N`; default 1) starts
+`mnist-cnn serve` on a free loopback port (torch: MODEL.pth;
 onnxruntime: --onnx, or MODEL.pth exported into a temp folder by `mnist-cnn export` first), then for each
 connection count runs `wrk -t1 -cC -dS --latency -s post.lua` (keep-alive connections, each POSTing a 28x28
 JSON digit, MNIST test digit #0, to /api/predict as fast as it is answered) --repeats times, and prints p50,
 p99 and requests/s (median over the repeats, and each run's p99). wrk, not a Python client: on a 2-core
 machine a Python client competes with the server for the same cores and the GIL and measures itself.
 
---server-args more `serve` flags for every server, e.g. "--workers 2" (docs/serve.md: what pays on 2 cores).
+--server-args more `serve` flags for every server, e.g. "--batch 16".
 --load-tool   also runs the bundled `python -m mnist_cnn.serve.load` at 16 connections on the first backend's
               server, to compare with wrk (docs/serve.md says why both exist).
 --hostile     also measures normal traffic (wrk, 16 connections) on the first backend's server while hostile
@@ -48,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"  # a file named serve_load-<UTC date>-<machine>.json is made inside
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}  # wrk's latency units -> ms
+STARTUP_S = 300  # for a server to answer /healthz (importing torch took over 60 s on the loaded 2-core VM)
 
 
 def fail(msg: str):
@@ -72,10 +74,10 @@ def start_server(model: str, data_dir: str, extra: list[str], log) -> tuple[subp
     proc = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "serve", "--model", model, "--port", str(port),
                              "--data-dir", data_dir, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            fail(f"the server exited ({proc.returncode}); see {log.name}")
+            fail(f"the server exited ({proc.returncode}):\n{Path(log.name).read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
                 if r.status == 200:
@@ -83,7 +85,7 @@ def start_server(model: str, data_dir: str, extra: list[str], log) -> tuple[subp
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    fail("the server did not come up within 120 s")
+    fail(f"the server did not come up within {STARTUP_S} s:\n{Path(log.name).read_text()[-2000:]}")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -282,6 +284,7 @@ def main(argv=None):
     ap.add_argument("--backends", nargs="+", choices=["torch", "onnxruntime"], default=["torch", "onnxruntime"])
     ap.add_argument("--onnx", help="the ONNX model for onnxruntime (default: MODEL exported into a temp folder)")
     ap.add_argument("--data-dir", default=str(ROOT / "data"))
+    ap.add_argument("--workers", type=int, nargs="+", default=[1], help="`serve --workers` counts to measure")
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
@@ -298,16 +301,17 @@ def main(argv=None):
             fail(f"{path}: no such model file")
     result = {"machine": {"cpus": os.cpu_count(), "load_at_start": loadavg()}, "model": Path(args.model).name,
               "server_args": args.server_args, "seconds": args.seconds, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "backends": {}}
+              "servers": []}
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         script = wrk_script(Path(tmp), args.data_dir)
         models = {"torch": args.model}
         if "onnxruntime" in args.backends:
             models["onnxruntime"] = args.onnx or export_onnx(args.model, args.data_dir, Path(tmp))
-        for k, backend in enumerate(args.backends):
-            extra = ["--backend", backend, *shlex.split(args.server_args)]
-            result["backends"][backend] = measure(models[backend], extra, script, Path(tmp) / f"serve-{backend}.log",
-                                                  args, first=k == 0)
+        for k, (backend, workers) in enumerate((b, w) for b in args.backends for w in args.workers):
+            extra = ["--backend", backend, "--workers", str(workers), *shlex.split(args.server_args)]
+            log = Path(tmp) / f"serve-{backend}-{workers}.log"
+            result["servers"].append({"backend": backend, "workers": workers,
+                                      **measure(models[backend], extra, script, log, args, first=k == 0)})
     report(result, args)
 
 
@@ -356,7 +360,7 @@ def report(result: dict, args):
     from mnist_cnn.perf.results import write_results
 
     out = write_results(args.results, "serve_load", result, n=args.repeats,
-                        n_is="wrk runs per connection count and backend (p50, p99, req/s: their medians; each "
+                        n_is="wrk runs per connection count and server (p50, p99, req/s: their medians; each "
                              "run kept)")
     if args.json:
         print(json.dumps(result, indent=2))
@@ -364,19 +368,20 @@ def report(result: dict, args):
     print(f"{result['model']}, {result['machine']['cpus']} CPUs, load {result['machine']['load_at_start']} at "
           f"start; serve {result['server_args'] or '(defaults)'}; wrk -t1 -d{args.seconds}s, median of "
           f"{args.repeats}")
-    print(f"{'backend':>11} {'conns':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}  p99 of each run")
-    for backend, b in result["backends"].items():
+    print(f"{'backend':>11} {'workers':>7} {'conns':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}  "
+          f"p99 of each run")
+    for b in result["servers"]:
         for r in b["wrk"]:
-            print(f"{backend:>11} {r['connections']:>5} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['req_per_s']:>8} "
-                  f"{r['non_2xx'] + r['socket_errors']:>7}  {[x['p99_ms'] for x in r['runs']]}")
+            print(f"{b['backend']:>11} {b['workers']:>7} {r['connections']:>5} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+                  f"{r['req_per_s']:>8} {r['non_2xx'] + r['socket_errors']:>7}  {[x['p99_ms'] for x in r['runs']]}")
         for r in b.get("load_tool", []):
             print(f"load tool, 16 conns: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['req_per_s']} req/s")
         if h := b.get("hostile"):
             print(f"hostile: p99 {h['baseline_16']['p99_ms']} -> {h['hostile_16']['p99_ms']} ms "
                   f"(x{h['p99_ratio']}), peak RSS {h['peak_rss_mb']} MB, hostile 5xx {h['hostile_5xx']}, "
                   f"normal non-2xx {h['normal_non_2xx']}; targets met: {h['targets_met']}")
-    print("peak RSS " + ", ".join(f"{k} {b['peak_rss_mb']} MB" for k, b in result["backends"].items())
-          + f"; wrote {out}")
+    print("peak RSS (all processes) " + ", ".join(f"{b['backend']} x{b['workers']} {b['peak_rss_mb']} MB"
+                                                   for b in result["servers"]) + f"; wrote {out}")
 
 
 if __name__ == "__main__":
