@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"  # a file named serve_load-<UTC date>-<machine>.json is made inside
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}  # wrk's latency units -> ms
-STARTUP_S = 300  # for a server to answer /healthz (importing torch took over 60 s on the loaded 2-core VM)
+STARTUP_S = 300  # for a server to answer /healthz, or to stop (torch's import alone took 60 s on the loaded VM)
 
 
 def fail(msg: str):
@@ -332,10 +332,10 @@ def measure(model: str, extra: list[str], script: Path, log_path: Path, args, fi
         finally:
             proc.send_signal(2)
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=STARTUP_S)  # a loaded machine can take minutes to wind down torch processes
             except subprocess.TimeoutExpired:
                 proc.kill()
-                fail(f"the server did not stop on SIGINT within 30 s; see {log_path}")
+                fail(f"the server did not stop on SIGINT within {STARTUP_S} s:\n{log_path.read_text()[-2000:]}")
     return out
 
 

@@ -293,8 +293,7 @@ def cmd_serve(args):
                           backend=load_backend(args.model, args.backend, threads=args.threads))
 
     del app, backend  # built to check everything before any worker starts; the workers build their own
-    if status := server.run_workers(worker_app, sock, limits, args.workers):
-        raise MnistCnnError(f"a worker ended with status {status} (its error is above)")
+    server.run_workers(worker_app, sock, limits, args.workers)  # ends the process: 0, or a failed worker's status
 
 
 # -----------------------------------------------------------------------------
