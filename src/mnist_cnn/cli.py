@@ -205,14 +205,18 @@ def cmd_data(args):
 
     source = data.SOURCES[args.dataset]
     d = data.ensure(source, args.data_dir, quiet=args.json, mirrors=not args.no_mirrors)
-    files = {name: {"path": str(d / name), "md5": md5s[0] or md5s[1], "status": "ok"}
-             for name, md5s in source.files.items()}
+    def checked(name):  # the file whose MD5 is checked: the raw file, else the .gz or the zip as served
+        path = data.on_disk(d, name, source)[0 if source.files[name][0] or source.archive else 1]
+        return path, source.files[name][0] or (source.archive.md5 if source.archive else source.files[name][1])
+
+    files = {name: {"path": str(checked(name)[0]), "md5": checked(name)[1], "status": "ok"} for name in source.files}
     if args.json:
         print_json({"dataset": source.name, "folder": str(d.resolve()), "files": files})
     else:
         print(f"{'MNIST' if source.name == 'mnist' else source.name} verified in {d.resolve()}")
         for name, f in files.items():
-            print(f"  {name}  md5 {f['md5']}{'' if source.files[name][0] else ' (.gz)'}  ok")
+            of = "" if source.files[name][0] else f" (of {f['path'].rsplit('/', 1)[-1]})"
+            print(f"  {name}  md5 {f['md5']}{of}  ok")
 
 
 # -----------------------------------------------------------------------------
