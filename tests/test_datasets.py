@@ -4,9 +4,11 @@ read back with tensorboard's own event reader."""
 
 import gzip
 import http.server
+import io
 import json
 import shutil
 import threading
+import zipfile
 from dataclasses import replace
 from functools import partial
 
@@ -82,7 +84,7 @@ def mirror(tmp_path):
 
     handler = partial(Quiet, directory=str(www))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/", www
     server.shutdown()
@@ -111,6 +113,75 @@ def test_mirror_fetch_from_a_real_http_server(mirror, tmp_path):
     with pytest.raises(DataError, match=says):
         data.ensure(tiny, tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad" / "Tiny" / "raw" / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_qmnist_from_a_real_http_server(mirror, tmp_path):
+    """QMNIST's files under their own names, int32 (N, 8) labels: the .gz kept as served, column 0 the label.
+    The pins come from the Source passed in (our files' MD5s), not from a changed global."""
+    base, www = mirror
+    rng = np.random.default_rng(4)
+    images = {"train": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), "test": rng.integers(0, 256, (4, 28, 28),
+                                                                                              dtype=np.uint8)}
+    extended = {k: np.concatenate([rng.integers(0, 10, (len(v), 1)), rng.integers(0, 99999, (len(v), 7))], 1)
+                .astype(np.int32) for k, v in images.items()}  # (N, 8): digit, NIST series, writer id, ...
+    files = {}
+    for ours, served in data.QMNIST_NAMES.items():
+        split = "train" if ours.startswith("train") else "test"
+        gz = gzip.compress(data.encode_idx(images[split] if "images" in ours else extended[split]), mtime=0)
+        (www / f"{served}.gz").write_bytes(gz)
+        files[ours] = (None, data.md5(gz), None)
+    q = replace(data.SOURCES["qmnist"], mirrors=(base,), files=files)
+    d = data.load_dataset(q, tmp_path, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "QMNIST" / "raw").iterdir()) == sorted(
+        f"{n}.gz" for n in data.QMNIST_NAMES.values())
+    assert d.name == "qmnist" and d.classes == data.DIGITS
+    assert d.test_labels.tolist() == extended["test"][:, 0].tolist()
+    assert torch.equal(d.train_images, torch.from_numpy(images["train"]))
+
+
+def _emnist_zip(rng, splits):
+    """A zip laid out as EMNIST's gzip.zip: gzip/emnist-SPLIT-{train,test}-{images-idx3,labels-idx1}-ubyte.gz,
+    images stored transposed. -> (zip bytes, {split: {IDX name: the array as MNIST would hold it}})."""
+    buf, truth = io.BytesIO(), {}
+    with zipfile.ZipFile(buf, "w") as z:
+        for split, first_label, n_classes in splits:
+            truth[split] = {}
+            for ours, theirs, n in (("train", "train", 8), ("t10k", "test", 4)):
+                upright = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+                labels = (np.arange(n) % n_classes + first_label).astype(np.uint8)
+                z.writestr(f"gzip/emnist-{split}-{theirs}-images-idx3-ubyte.gz",
+                           gzip.compress(data.encode_idx(upright.transpose(0, 2, 1).copy())))
+                z.writestr(f"gzip/emnist-{split}-{theirs}-labels-idx1-ubyte.gz", gzip.compress(data.encode_idx(labels)))
+                truth[split][f"{ours}-images-idx3-ubyte"] = upright
+                truth[split][f"{ours}-labels-idx1-ubyte"] = labels - first_label
+    return buf.getvalue(), truth
+
+
+def test_emnist_from_a_real_http_server(mirror, tmp_path):
+    """One zip for both splits, its MD5 the pin; images turned upright; letters 1..26 -> 0..25 named A..Z.
+    A zip with the wrong MD5: one line, and nothing (no zip, no temp file) left in the folder."""
+    base, www = mirror
+    raw, truth = _emnist_zip(np.random.default_rng(5), [("letters", 1, 26), ("digits", 0, 10)])
+    (www / "gzip.zip").write_bytes(raw)
+
+    def pinned(name, mirrors, md5):
+        s = data.SOURCES[name]
+        return replace(s, mirrors=mirrors, archive=replace(s.archive, md5=md5))
+
+    letters = data.load_dataset(pinned("emnist-letters", ("http://127.0.0.1:9/", base), data.md5(raw)), tmp_path,
+                                quiet=True)
+    assert letters.classes[0] == "A" and letters.classes[-1] == "Z" and len(letters.classes) == 26
+    assert letters.train_labels.tolist() == truth["letters"]["train-labels-idx1-ubyte"].tolist()
+    assert torch.equal(letters.test_images, torch.from_numpy(truth["letters"]["t10k-images-idx3-ubyte"]))
+    digits = data.load_dataset(pinned("emnist-digits", (), data.md5(raw)), tmp_path)  # the same zip, no fetch
+    assert torch.equal(digits.train_images, torch.from_numpy(truth["digits"]["train-images-idx3-ubyte"]))
+    assert digits.classes == data.DIGITS and (tmp_path / "EMNIST" / "raw" / "gzip.zip").read_bytes() == raw
+
+    with pytest.raises(DataError) as e:
+        data.ensure(pinned("emnist-letters", (base,), "0" * 32), tmp_path / "bad", quiet=True)
+    assert "\n" not in str(e.value) and "served gzip.zip with the wrong MD5" in str(e.value)
+    assert "emnist-letters has no offline copy; download gzip.zip from" in str(e.value)
+    assert list((tmp_path / "bad" / "EMNIST" / "raw").iterdir()) == []
 
 
 # -----------------------------------------------------------------------------
