@@ -499,6 +499,8 @@ def add_bench(sub):
     p.add_argument("--json", action="store_true")
     p.add_argument("--results", metavar="PATH", help="also write the raw figures, with machine, date, versions and "
                    "command, as JSON to PATH (a folder: a file named by date and machine; see bench/results/)")
+    add_dataset(p)
+    add_setting(p, "log_dir", help="TensorBoard event files, one run per side: DIR/<side> (tensorboard --logdir DIR)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -512,7 +514,15 @@ def cmd_bench(args):
     if not 0 < args.target <= 100:
         raise ConfigError(f"--target is a percentage in (0, 100], got {args.target}")
     pick_device(args.device)  # a missing CUDA/MPS is a one-line error here, not in a child
+    if args.log_dir:
+        from mnist_cnn.runlog import check
+
+        check(args.log_dir)  # tensorboard missing, or the folder unwritable: one line now, not after the runs
     res = bench(args, log=(lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr)))
+    if args.log_dir:
+        from mnist_cnn.runlog import write_bench
+
+        write_bench(args.log_dir, res)
     print_json(res) if args.json else print(format_table(res))
     if args.results:
         from mnist_cnn.perf.results import write_results
