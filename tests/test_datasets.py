@@ -270,6 +270,17 @@ def test_fashion_end_to_end(fashion_dir, mnist_dir, tmp_path):
     [p] = json.loads(pred.stdout)
     assert p["label"] == FASHION.classes[p["prediction"]] == "Ankle boot"
 
+    from mnist_cnn import checkpoint
+    from mnist_cnn.insight import report
+
+    model, meta = checkpoint.load(out)  # report's numbers and text name the classes (on 500 test images: cheap)
+    scored = checkpoint.load_data(meta, out, None, fashion_dir)
+    r = report.analyse(model, replace(scored, test_images=scored.test_images[:500],
+                                      test_labels=scored.test_labels[:500]))
+    text = report.format_text(r, meta["history"])
+    assert r["dataset"] == "fashion-mnist" and "  9: Ankle boot " in text and "rows: true class" in text
+    assert f"{FASHION.classes[r['most_confused'][0]['true']]} -> " in text
+
     ea = EventAccumulator(str(tb), size_guidance={"images": 0, "scalars": 0})
     ea.Reload()
     assert {"loss/train", "loss/test", "accuracy/test", "lr", "images_per_s"} <= set(ea.Tags()["scalars"])
@@ -304,3 +315,22 @@ def test_best_recipe_and_study_on_fashion(fashion_dir, tmp_path):
     assert res["settings"]["dataset"] == "fashion-mnist" and study.markdown(res).startswith("fashion-mnist:")
     runs = sorted(p.parent.relative_to(tmp_path / "tb").as_posix() for p in (tmp_path / "tb").rglob("events.*"))
     assert runs == ["optimizer-Adam/seed0", "optimizer-SGD/seed0"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for row, run in zip(res["rows"], ("optimizer-Adam/seed0", "optimizer-SGD/seed0"), strict=True):
+        ea = EventAccumulator(str(tmp_path / "tb" / run))  # tensorboard's own reader: the study's figures
+        ea.Reload()
+        [acc] = ea.Scalars("accuracy/test")
+        assert acc.step == 1 and 100 * acc.value == pytest.approx(row["test_accuracies"][0], abs=1e-4)
+        assert ea.Tags()["images"] == ["mistakes/images"]  # labelled with Fashion-MNIST's names (mistakes/list)
+
+
+def test_tutorial_side_reads_fashion_through_torchvision(fashion_dir):
+    """bench --dataset fashion-mnist: the tutorial side's torchvision loader reads the same verified files."""
+    from mnist_cnn.perf import reference
+
+    _, test_loader = reference.loaders(str(fashion_dir), dataset="fashion-mnist")
+    images, labels = next(iter(test_loader))
+    fashion = data.load_dataset("fashion-mnist", fashion_dir, fetch=False)
+    assert labels.tolist() == fashion.test_labels[:64].tolist()
+    assert torch.equal(((images[:, 0] * 0.5 + 0.5) * 255).round().to(torch.uint8), fashion.test_images[:64])
