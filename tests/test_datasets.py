@@ -213,7 +213,9 @@ def test_own_folder_loads(tmp_path):
     ("count", "train has 20 images but 19 labels"),
     ("classes", "classes.txt: 2 lines, but the labels go from 0 to 2: it needs 3 non-empty lines"),
 ])
-def test_bad_folders_are_one_clear_error(tmp_path, damage, says):
+def test_bad_folders_are_one_clear_error(tmp_path, damage, says, capsys, monkeypatch):
+    """Each damage: one DataError line naming the cause; through `train` (the CLI's main, in this process) exit 2,
+    one line on stderr, and neither a checkpoint nor event files nor anything in the folder written."""
     raw = _tiny_idx(np.random.default_rng(2))
     if damage == "count":
         raw["train-labels-idx1-ubyte"] = data.encode_idx((np.arange(19) % 3).astype(np.uint8))
@@ -223,17 +225,20 @@ def test_bad_folders_are_one_clear_error(tmp_path, damage, says):
     if damage == "missing":
         (folder / "t10k-labels-idx1-ubyte").unlink()
     before = sorted(p.name for p in folder.iterdir())
-    with pytest.raises(DataError, match=says.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(DataError, match=says.replace("(", r"\(").replace(")", r"\)")) as e:
         data.load_dataset(str(folder))
+    assert "\n" not in str(e.value)
     assert sorted(p.name for p in folder.iterdir()) == before  # nothing written beside the data
 
+    from mnist_cnn import GOMP_SPINCOUNT, cli
 
-def test_bad_folder_through_the_cli_writes_nothing(tmp_path):
-    folder = _write_folder(tmp_path / "mine", _tiny_idx(np.random.default_rng(3)), "a\nb\n")
-    proc = run_cli("train", "--dataset", folder, "--epochs", "1", "--out", tmp_path / "m.pth", "--log-dir",
-                   tmp_path / "tb")
-    assert "classes.txt: 2 lines" in assert_one_line_error(proc)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no checkpoint, no event files
+    monkeypatch.setenv("GOMP_SPINCOUNT", GOMP_SPINCOUNT)  # what main() would set in its own process
+    capsys.readouterr()
+    rc = cli.main(["train", "--dataset", str(folder), "--epochs", "1", "--out", str(tmp_path / "m.pth"),
+                   "--log-dir", str(tmp_path / "tb"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and says in err[0] and err[0].startswith("mnist-cnn train: error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and sorted(p.name for p in folder.iterdir()) == before
 
 
 # -----------------------------------------------------------------------------
