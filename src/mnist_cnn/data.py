@@ -414,9 +414,11 @@ def fetch_archive(source: Source, directory: Path, quiet: bool = False, timeout:
     return failed
 
 
-def _download(url: str, name: str, quiet: bool, timeout: float, deadline_s: float, max_bytes: int, sink) -> str:
-    """`url` into the binary file `sink`; the MD5 of what arrived."""
+def _download(url: str, name: str, quiet: bool, timeout: float, deadline_s: float, max_bytes: int,
+              sink=None) -> str:
+    """`url` into the binary file `sink` (default: a buffer thrown away); the MD5 of what arrived."""
     give_up, h, n = time.monotonic() + deadline_s, hashlib.md5(), 0
+    sink = io.BytesIO() if sink is None else sink
     with urllib.request.urlopen(url, timeout=timeout) as r:
         size = int(r.headers.get("Content-Length") or 0) or None
         if size and size > max_bytes:
