@@ -450,8 +450,10 @@ def fetch_offline_copy(source: Source, quiet: bool = False, mirrors_failed: list
             return offline.from_debian(offline.FASHION_DEB, list(source.files), quiet)
     except DataError as e:
         raise DataError(f"{tried}, and {e}") from None
-    raise DataError(f"{tried}, and {source.name} has no offline copy; download {', '.join(source.downloads())} "
-                    f"from {', '.join(source.mirrors)} and put them into {source.folder}/raw/")
+    files = source.downloads()
+    raise DataError(f"{tried}, and {source.name} has no offline copy; download {', '.join(files)} "
+                    f"from {', '.join(source.mirrors)} and put {'them' if len(files) > 1 else 'it'} into "
+                    f"{source.folder}/raw/")
 
 
 def _writable_folder(d: Path) -> None:
