@@ -286,6 +286,13 @@ def test_fashion_end_to_end(fashion_dir, mnist_dir, tmp_path):
     assert r["dataset"] == "fashion-mnist" and "  9: Ankle boot " in text and "rows: true class" in text
     assert f"{FASHION.classes[r['most_confused'][0]['true']]} -> " in text
 
+    from mnist_cnn.insight.explain import figure_explain  # explain's names: the checkpoint's classes, as the CLI
+
+    x = data.normalize(scored.test_images[:1], model.cfg.mean, model.cfg.std)  # (1, 1, 28, 28): test item 0
+    shown = figure_explain(model, x, str(tmp_path / "explain.png"), "item 0", int(scored.test_labels[0]),
+                           checkpoint.class_names(meta, model.cfg.num_classes))
+    assert shown["class_name"] == FASHION.classes[shown["prediction"]] and (tmp_path / "explain.png").is_file()
+
     ea = EventAccumulator(str(tb), size_guidance={"images": 0, "scalars": 0})
     ea.Reload()
     assert {"loss/train", "loss/test", "accuracy/test", "lr", "images_per_s"} <= set(ea.Tags()["scalars"])
