@@ -487,7 +487,8 @@ def ensure(source: Source, data_dir: str | Path = "data", quiet: bool = False, m
     _writable_folder(d)
     if source.archive is not None:
         failed = fetch_archive(source, d, quiet) if mirrors else []
-        if failed or not mirrors:
+        zipped = d / source.archive.file
+        if not zipped.is_file() or file_md5(zipped) != source.archive.md5:
             fetch_offline_copy(source, quiet, failed)  # none exists: raises the one line saying what failed
         return d
     offline = None
