@@ -182,6 +182,11 @@ def test_emnist_from_a_real_http_server(mirror, tmp_path):
     assert "\n" not in str(e.value) and "served gzip.zip with the wrong MD5" in str(e.value)
     assert "emnist-letters has no offline copy; download gzip.zip from" in str(e.value)
     assert list((tmp_path / "bad" / "EMNIST" / "raw").iterdir()) == []
+    truncated = tmp_path / "bad" / "EMNIST" / "raw" / "gzip.zip"
+    truncated.write_bytes(raw[:100])  # loading never overwrites a damaged copy: it says how to replace it
+    with pytest.raises(DataError, match=r"gzip.zip: corrupt or truncated .* `mnist-cnn data --dataset emnist-letters"):
+        data.load_dataset(pinned("emnist-letters", (base,), data.md5(raw)), tmp_path / "bad")
+    assert truncated.read_bytes() == raw[:100]
 
 
 # -----------------------------------------------------------------------------
