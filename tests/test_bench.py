@@ -197,7 +197,7 @@ def test_bench_alternates_the_order_of_the_sides(mnist_dir, monkeypatch):
 
     monkeypatch.setattr(bench, "run_child", fake_child)
     args = argparse.Namespace(data_dir=mnist_dir, repeats=3, sides=["tutorial", "ours", "fast"], epochs=1,
-                              target=99.0, quick=True)
+                              target=99.0, quick=True, dataset="mnist")
     res = bench.bench(args, log=lambda *a: None)
     assert order == ["tutorial", "ours", "fast", "fast", "ours", "tutorial", "tutorial", "ours", "fast"]
     assert res["sides"]["ours"]["repeats"] == 3
