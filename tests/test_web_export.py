@@ -114,35 +114,31 @@ def test_export_writes_only_the_needed_files(exported):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
-def test_static_page_reads_a_drawn_seven_offline(exported, static_server):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from test_web_browser import ARGS, draw_seven
+def test_static_page_reads_a_drawn_seven_offline(exported, static_server, browser):
+    from test_web_browser import draw_seven
 
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page()
-        problems, outside = [], []
-        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
-        page.on("pageerror", lambda e: problems.append(str(e)))
+    page = browser.new_page()
+    problems, outside = [], []
+    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+    page.on("pageerror", lambda e: problems.append(str(e)))
 
-        def only_local(route):  # the network is blocked: anything not from the static server is aborted
-            if route.request.url.startswith(static_server):
-                route.continue_()
-            else:
-                outside.append(route.request.url)
-                route.abort()
+    def only_local(route):  # the network is blocked: anything not from the static server is aborted
+        if route.request.url.startswith(static_server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
 
-        page.route("**/*", only_local)
-        page.goto(static_server + "/")
-        page.wait_for_function("document.body.dataset.ready === '1'", timeout=120_000)
-        draw_seven(page)
-        page.wait_for_function("document.getElementById('digit').textContent !== '?'")
-        page.wait_for_timeout(300)  # let the last stroke's prediction land
-        assert page.locator("#digit").inner_text() == "7"
-        latency = page.evaluate("measureLatency(30)")
-        print(f"\nin-page warm latency per digit (median of {latency['runs']}): {latency['inference_ms']:.2f} ms "
-              f"inference, {latency['total_ms']:.2f} ms with preprocessing")
-        assert latency["runs"] == 30 and latency["inference_ms"] > 0
-        browser.close()
+    page.route("**/*", only_local)
+    page.goto(static_server + "/")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=120_000)
+    draw_seven(page)
+    page.wait_for_function("document.getElementById('digit').textContent !== '?'")
+    page.wait_for_timeout(300)  # let the last stroke's prediction land
+    assert page.locator("#digit").inner_text() == "7"
+    latency = page.evaluate("measureLatency(30)")
+    print(f"\nin-page warm latency per digit (median of {latency['runs']}): {latency['inference_ms']:.2f} ms "
+          f"inference, {latency['total_ms']:.2f} ms with preprocessing")
+    assert latency["runs"] == 30 and latency["inference_ms"] > 0
     assert not problems, problems
     assert not outside, f"the page asked for something outside its folder: {outside}"

@@ -205,14 +205,18 @@ def cmd_data(args):
 
     source = data.SOURCES[args.dataset]
     d = data.ensure(source, args.data_dir, quiet=args.json, mirrors=not args.no_mirrors)
-    files = {name: {"path": str(d / name), "md5": md5s[0] or md5s[1], "status": "ok"}
-             for name, md5s in source.files.items()}
+    def checked(name):  # the file whose MD5 is checked: the raw file, else the .gz or the zip as served
+        path = data.on_disk(d, name, source)[0 if source.files[name][0] or source.archive else 1]
+        return path, source.files[name][0] or (source.archive.md5 if source.archive else source.files[name][1])
+
+    files = {name: {"path": str(checked(name)[0]), "md5": checked(name)[1], "status": "ok"} for name in source.files}
     if args.json:
         print_json({"dataset": source.name, "folder": str(d.resolve()), "files": files})
     else:
         print(f"{'MNIST' if source.name == 'mnist' else source.name} verified in {d.resolve()}")
         for name, f in files.items():
-            print(f"  {name}  md5 {f['md5']}{'' if source.files[name][0] else ' (.gz)'}  ok")
+            of = "" if source.files[name][0] else f" (of {f['path'].rsplit('/', 1)[-1]})"
+            print(f"  {name}  md5 {f['md5']}{of}  ok")
 
 
 # -----------------------------------------------------------------------------
@@ -505,6 +509,8 @@ def add_bench(sub):
     p.add_argument("--json", action="store_true")
     p.add_argument("--results", metavar="PATH", help="also write the raw figures, with machine, date, versions and "
                    "command, as JSON to PATH (a folder: a file named by date and machine; see bench/results/)")
+    add_dataset(p)
+    add_setting(p, "log_dir", help="TensorBoard event files, one run per side: DIR/<side> (tensorboard --logdir DIR)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -518,7 +524,15 @@ def cmd_bench(args):
     if not 0 < args.target <= 100:
         raise ConfigError(f"--target is a percentage in (0, 100], got {args.target}")
     pick_device(args.device)  # a missing CUDA/MPS is a one-line error here, not in a child
+    if args.log_dir:
+        from mnist_cnn.runlog import check
+
+        check(args.log_dir)  # tensorboard missing, or the folder unwritable: one line now, not after the runs
     res = bench(args, log=(lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr)))
+    if args.log_dir:
+        from mnist_cnn.runlog import write_bench
+
+        write_bench(args.log_dir, res)
     print_json(res) if args.json else print(format_table(res))
     if args.results:
         from mnist_cnn.perf.results import write_results

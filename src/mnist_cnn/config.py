@@ -23,8 +23,9 @@ OPTIMIZERS = ("adam", "sgd")  # sgd uses momentum 0.9
 SCHEDULES = ("constant", "onecycle")  # onecycle, per step: warm up, then cosine down to ~0
 NORMALIZATIONS = ("auto", "tutorial", "dataset")
 AUGMENT_STYLES = ("handwriting", "light")  # augment.augment | augment.light
-DATASETS = ("mnist", "fashion-mnist", "kmnist")  # data.SOURCES; --dataset also takes a folder
-DATASET_HELP = "mnist, fashion-mnist, kmnist, or a folder with the four IDX files and classes.txt"
+DATASETS = ("mnist", "fashion-mnist", "kmnist", "qmnist", "emnist-digits", "emnist-letters")  # data.SOURCES
+DATASET_HELP = ("mnist, fashion-mnist, kmnist, qmnist, emnist-digits, emnist-letters, or a folder with the four "
+                "IDX files and classes.txt")
 
 # the choices of commands whose modules load torch, here so that building the parser does not
 CONCEPT_TOPICS = ("softmax", "loss", "tensors", "transforms", "batches", "conv", "pool", "output_size", "backprop",
@@ -200,7 +201,8 @@ class TrainConfig:
     device: str = setting("auto", "auto: CUDA, else MPS, else the CPU", choices=DEVICES)
     precision: str = setting("auto", "auto: bf16 autocast where the hardware has native bf16, else fp32",
                              choices=PRECISIONS)
-    data_dir: str = setting("data", "folder holding MNIST/raw/ (and FashionMNIST/raw/, KMNIST/raw/)")
+    data_dir: str = setting("data", "folder holding MNIST/raw/ (and FashionMNIST/raw/, KMNIST/raw/, QMNIST/raw/, "
+                                     "EMNIST/raw/)")
     dataset: str = setting("mnist", DATASET_HELP, metavar="NAME|DIR")
     normalization: str = setting("auto", "input normalisation: auto = the tutorial's 0.5/0.5 on MNIST, the training "
                                          "set's own mean/std on other datasets; recorded in the checkpoint",
