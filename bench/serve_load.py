@@ -1,20 +1,25 @@
 """The server's latency under load, measured with wrk (a C load generator), and its cost under hostile load.
 
-    python bench/serve_load.py MODEL.pth [--connections 1 16 64] [--seconds 10] [--repeats 3] [--hostile]
-                               [--load-tool] [--server-args "--batch 32 ..."] [--json]
+    python bench/serve_load.py MODEL.pth [--backends torch onnxruntime] [--onnx MODEL.onnx] [--workers 1 2]
+                               [--connections 1 16 64] [--seconds 10] [--repeats 3] [--server-args "..."]
+                               [--hostile] [--load-tool] [--json]
 
-Starts `mnist-cnn serve` on a free loopback port, then for each connection count runs
-`wrk -t1 -cC -dS --latency -s post.lua` (keep-alive connections, each POSTing a 28x28 JSON digit, MNIST test
-digit #0, to /api/predict as fast as it is answered) --repeats times, and prints p50, p99 and requests/s
-(median over the repeats, and each run). wrk, not a Python client: on a 2-core machine a Python client
-competes with the server for the same cores and the GIL and measures itself.
+For each backend (both by default) and each --workers count (`serve --workers N`; default 1) starts
+`mnist-cnn serve` on a free loopback port (torch: MODEL.pth;
+onnxruntime: --onnx, or MODEL.pth exported into a temp folder by `mnist-cnn export` first), then for each
+connection count runs `wrk -t1 -cC -dS --latency -s post.lua` (keep-alive connections, each POSTing a 28x28
+JSON digit, MNIST test digit #0, to /api/predict as fast as it is answered) --repeats times, and prints p50,
+p99 and requests/s (median over the repeats, and each run's p99). wrk, not a Python client: on a 2-core
+machine a Python client competes with the server for the same cores and the GIL and measures itself.
 
---load-tool   also runs the bundled `python -m mnist_cnn.serve.load` at 16 connections on the same server,
-              to compare with wrk (docs/serve.md says why both exist).
---hostile     also measures normal traffic (wrk, 16 connections) while hostile clients run beside it: uploads
-              of PNGs claiming 40 Mpx, uploads of 2000x2000 (4 Mpx) photos, headers and bodies sent a byte
-              at a time, and 200 idle sockets. Reports the server's peak RSS (VmHWM), wrk's p99 against the
-              baseline's, and 5xx counts. Targets: peak RSS < 1 GB, p99 within 2x, no 5xx.
+--server-args more `serve` flags for every server, e.g. "--batch 16".
+--load-tool   also runs the bundled `python -m mnist_cnn.serve.load` at 16 connections on the first backend's
+              server, to compare with wrk (docs/serve.md says why both exist).
+--hostile     also measures normal traffic (wrk, 16 connections) on the first backend's server while hostile
+              clients run beside it: uploads of PNGs claiming 40 Mpx, uploads of 2000x2000 (4 Mpx) photos,
+              headers and bodies sent a byte at a time, and 200 idle sockets. Reports the server's peak RSS
+              (VmHWM), wrk's p99 against the baseline's, and 5xx counts. Targets: peak RSS < 1 GB, p99 within
+              2x, no 5xx.
 
 Results go to bench/results/serve_load-<date>-<machine>.json (perf/results.py's wrapper), with the machine's
 load average before and after each run: a figure without its load is not worth quoting on a shared machine.
@@ -44,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"  # a file named serve_load-<UTC date>-<machine>.json is made inside
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}  # wrk's latency units -> ms
+STARTUP_S = 300  # for a server to answer /healthz, or to stop (torch's import alone took 60 s on the loaded VM)
 
 
 def fail(msg: str):
@@ -62,15 +68,16 @@ def free_port() -> int:
 
 
 def start_server(model: str, data_dir: str, extra: list[str], log) -> tuple[subprocess.Popen, str]:
+    """`mnist-cnn serve` on a free loopback port; returns once /healthz answers."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "serve", "--model", model, "--port", str(port),
                              "--data-dir", data_dir, *extra], stdout=log, stderr=subprocess.STDOUT, env=env)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            fail(f"the server exited ({proc.returncode}); see {log.name}")
+            fail(f"the server exited ({proc.returncode}):\n{Path(log.name).read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
                 if r.status == 200:
@@ -78,15 +85,32 @@ def start_server(model: str, data_dir: str, extra: list[str], log) -> tuple[subp
         except OSError:
             time.sleep(0.2)
     proc.kill()
-    fail("the server did not come up within 120 s")
+    fail(f"the server did not come up within {STARTUP_S} s:\n{Path(log.name).read_text()[-2000:]}")
 
 
 def peak_rss_mb(pid: int) -> float:
-    """The process's peak resident memory so far (Linux VmHWM), in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """The process's peak resident memory so far (Linux VmHWM), in MB, with its worker processes' (--workers)."""
+    try:
+        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        kids = []
+    total = 0.0
+    for p in (pid, *kids):
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+    return total or float("nan")
+
+
+def export_onnx(model: str, data_dir: str, folder: Path) -> str:
+    """MODEL.pth -> folder/model.onnx with `mnist-cnn export` (checked against PyTorch, as a user makes it)."""
+    out = folder / "model.onnx"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "-m", "mnist_cnn", "export", model, "--out", str(out), "--data-dir",
+                           data_dir], capture_output=True, text=True, env=env, timeout=900)
+    if proc.returncode != 0:
+        fail(f"cannot export {model} to ONNX: {proc.stderr.strip()}")
+    return str(out)
 
 
 def loadavg() -> float:
@@ -116,8 +140,10 @@ def ms(text: str) -> float:
 
 def run_wrk(base: str, script: Path, connections: int, seconds: int) -> dict:
     before = loadavg()
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
-                          base + "/api/predict"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    # --timeout 10s: a slow answer is measured, not dropped from the percentiles as a "timeout" (wrk's default: 2 s)
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "--latency",
+                          "-s", str(script), base + "/api/predict"], capture_output=True, text=True,
+                         timeout=seconds + 60).stdout
     pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", out, re.M))
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if not pct or not rps:
@@ -255,40 +281,62 @@ def load_tool(base: str, connections: int) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
+    ap.add_argument("--backends", nargs="+", choices=["torch", "onnxruntime"], default=["torch", "onnxruntime"])
+    ap.add_argument("--onnx", help="the ONNX model for onnxruntime (default: MODEL exported into a temp folder)")
     ap.add_argument("--data-dir", default=str(ROOT / "data"))
+    ap.add_argument("--workers", type=int, nargs="+", default=[1], help="`serve --workers` counts to measure")
     ap.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hostile", action="store_true")
     ap.add_argument("--load-tool", action="store_true")
-    ap.add_argument("--server-args", default="", help="more `serve` flags, one string")
+    ap.add_argument("--server-args", default="", help="more `serve` flags for every server, one string")
     ap.add_argument("--results", default=str(RESULTS) + os.sep, help="a file, or a folder to make one in")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not shutil.which("wrk"):
         fail("wrk is not installed (Debian: apt-get install wrk)")
-    if not Path(args.model).is_file():
-        fail(f"{args.model}: no such checkpoint")
+    for path in (args.model, args.onnx):
+        if path and not Path(path).is_file():
+            fail(f"{path}: no such model file")
     result = {"machine": {"cpus": os.cpu_count(), "load_at_start": loadavg()}, "model": Path(args.model).name,
-              "server_args": args.server_args, "seconds": args.seconds, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+              "server_args": args.server_args, "seconds": args.seconds, "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "servers": []}
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         script = wrk_script(Path(tmp), args.data_dir)
-        with open(Path(tmp) / "serve.log", "w") as log:
-            proc, base = start_server(args.model, args.data_dir, shlex.split(args.server_args), log)
-            port = int(base.rsplit(":", 1)[1])
-            try:
-                run_wrk(base, script, 16, 2)  # warm-up, not counted
-                result["wrk"] = [median_row([run_wrk(base, script, c, args.seconds) for _ in range(args.repeats)])
-                                 for c in args.connections]
-                if args.load_tool:
-                    result["load_tool"] = [load_tool(base, 16) for _ in range(args.repeats)]
-                if args.hostile:
-                    result["hostile"] = hostile_run(base, port, script, proc.pid, args)
-                result["peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
-            finally:
-                proc.send_signal(2)
-                proc.wait(timeout=30)
+        models = {"torch": args.model}
+        if "onnxruntime" in args.backends:
+            models["onnxruntime"] = args.onnx or export_onnx(args.model, args.data_dir, Path(tmp))
+        for k, (backend, workers) in enumerate((b, w) for b in args.backends for w in args.workers):
+            extra = ["--backend", backend, "--workers", str(workers), *shlex.split(args.server_args)]
+            log = Path(tmp) / f"serve-{backend}-{workers}.log"
+            result["servers"].append({"backend": backend, "workers": workers,
+                                      **measure(models[backend], extra, script, log, args, first=k == 0)})
     report(result, args)
+
+
+def measure(model: str, extra: list[str], script: Path, log_path: Path, args, first: bool) -> dict:
+    """One server: wrk at each connection count (and, on the first server, the load tool and hostile runs)."""
+    out = {"model": Path(model).name}
+    with open(log_path, "w") as log:
+        proc, base = start_server(model, args.data_dir, extra, log)
+        try:
+            run_wrk(base, script, 16, 2)  # warm-up, not counted
+            out["wrk"] = [median_row([run_wrk(base, script, c, args.seconds) for _ in range(args.repeats)])
+                          for c in args.connections]
+            if args.load_tool and first:
+                out["load_tool"] = [load_tool(base, 16) for _ in range(args.repeats)]
+            if args.hostile and first:
+                out["hostile"] = hostile_run(base, int(base.rsplit(":", 1)[1]), script, proc.pid, args)
+            out["peak_rss_mb"] = round(peak_rss_mb(proc.pid), 1)
+        finally:
+            proc.send_signal(2)
+            try:
+                proc.wait(timeout=STARTUP_S)  # a loaded machine can take minutes to wind down torch processes
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                fail(f"the server did not stop on SIGINT within {STARTUP_S} s:\n{log_path.read_text()[-2000:]}")
+    return out
 
 
 def hostile_run(base, port, script, pid, args) -> dict:
@@ -312,23 +360,28 @@ def report(result: dict, args):
     from mnist_cnn.perf.results import write_results
 
     out = write_results(args.results, "serve_load", result, n=args.repeats,
-                        n_is="wrk runs per connection count (p50, p99, req/s: their medians; each run kept)")
+                        n_is="wrk runs per connection count and server (p50, p99, req/s: their medians; each "
+                             "run kept)")
     if args.json:
         print(json.dumps(result, indent=2))
         return
     print(f"{result['model']}, {result['machine']['cpus']} CPUs, load {result['machine']['load_at_start']} at "
-          f"start; wrk -t1 -d{args.seconds}s, median of {args.repeats}")
-    print(f"{'conns':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'non-2xx':>8}  p99 of each run")
-    for r in result["wrk"]:
-        print(f"{r['connections']:>5} {r['p50_ms']:>8} {r['p99_ms']:>8} {r['req_per_s']:>8} {r['non_2xx']:>8}  "
-              f"{[x['p99_ms'] for x in r['runs']]}")
-    for r in result.get("load_tool", []):
-        print(f"load tool, 16 conns: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['req_per_s']} req/s")
-    if h := result.get("hostile"):
-        print(f"hostile: p99 {h['baseline_16']['p99_ms']} -> {h['hostile_16']['p99_ms']} ms "
-              f"(x{h['p99_ratio']}), peak RSS {h['peak_rss_mb']} MB, hostile 5xx {h['hostile_5xx']}, "
-              f"normal non-2xx {h['normal_non_2xx']}; targets met: {h['targets_met']}")
-    print(f"peak RSS {result['peak_rss_mb']} MB; wrote {out}")
+          f"start; serve {result['server_args'] or '(defaults)'}; wrk -t1 -d{args.seconds}s, median of "
+          f"{args.repeats}")
+    print(f"{'backend':>11} {'workers':>7} {'conns':>5} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>7}  "
+          f"p99 of each run")
+    for b in result["servers"]:
+        for r in b["wrk"]:
+            print(f"{b['backend']:>11} {b['workers']:>7} {r['connections']:>5} {r['p50_ms']:>8} {r['p99_ms']:>8} "
+                  f"{r['req_per_s']:>8} {r['non_2xx'] + r['socket_errors']:>7}  {[x['p99_ms'] for x in r['runs']]}")
+        for r in b.get("load_tool", []):
+            print(f"load tool, 16 conns: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, {r['req_per_s']} req/s")
+        if h := b.get("hostile"):
+            print(f"hostile: p99 {h['baseline_16']['p99_ms']} -> {h['hostile_16']['p99_ms']} ms "
+                  f"(x{h['p99_ratio']}), peak RSS {h['peak_rss_mb']} MB, hostile 5xx {h['hostile_5xx']}, "
+                  f"normal non-2xx {h['normal_non_2xx']}; targets met: {h['targets_met']}")
+    print("peak RSS (all processes) " + ", ".join(f"{b['backend']} x{b['workers']} {b['peak_rss_mb']} MB"
+                                                   for b in result["servers"]) + f"; wrote {out}")
 
 
 if __name__ == "__main__":

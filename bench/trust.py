@@ -165,6 +165,13 @@ def build_sets(mnist, n: int, cache: Path, fetch: bool) -> dict:
     }
 
 
+def across(results: dict) -> dict:
+    """Each summary figure over the models (training runs): (mean, min, max)."""
+    keys = next(iter(results.values()))["summary"]
+    return {k: (float(np.mean(v)), float(np.min(v)), float(np.max(v)))
+            for k in keys for v in [[r["summary"][k] for r in results.values()]]}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="not-a-digit, calibration and number reading of checkpoints")
     ap.add_argument("models", nargs="+", type=Path)
@@ -183,8 +190,10 @@ def main() -> int:
     mnist = load_mnist(args.data_dir, quiet=True)
     sets = build_sets(mnist, args.n, args.cache, args.handwriting)
     results = {m: measure(clf, mnist, sets) for m, clf in models.items()}
-    doc = {"n_per_set": args.n, "seconds": time.perf_counter() - t0, "targets": TARGETS, "models": results}
-    out = write_results(args.results, "trust", doc, n=1, n_is="one evaluation per model (each model: one run)")
+    doc = {"n_per_set": args.n, "seconds": time.perf_counter() - t0, "targets": TARGETS, "models": results,
+           "across_models": across(results)}
+    out = write_results(args.results, "trust", doc, n=len(results),
+                        n_is="models (training runs, e.g. seeds), one evaluation each; across_models: mean, min, max")
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
@@ -201,6 +210,10 @@ def main() -> int:
                                                           for k, x in v.items()))
         print(f"  mnist: accuracy of accepted {r['mnist']['accuracy_of_accepted']:.4f}, ECE before "
               f"{r['mnist']['ece_before']:.4f} after {r['mnist']['ece_after']:.4f}")
+    if len(results) > 1:
+        print(f"across {len(results)} models: mean (min-max)")
+        for k, (mean, lo, hi) in doc["across_models"].items():
+            print(f"  {k:20s} {mean:8.4f} ({lo:.4f}-{hi:.4f})")
     print(f"wrote {out}")
     return 0
 

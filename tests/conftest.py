@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's: Playwright's own browser download does not work here
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +55,33 @@ def exported(tmp_path_factory, mnist):
     assert proc.returncode == 0, proc.stderr
     return {"model": model, "onnx": folder / "tiny.onnx", "int8": folder / "tiny.int8.onnx", "web": folder / "web",
             "report": json.loads(proc.stdout)}
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium (Playwright driving Debian's) for the whole session; tests take it through `browser`.
+    While Playwright's sync API is started, this thread counts as running its event loop, so asyncio.run() in a
+    later test would fail: the tests that use it run last (pytest_collection_modifyitems)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def browser(chromium):
+    """The session's Chromium for one test: every context (and so page) the test opens is closed after it, so no
+    test sees another's cookies, storage or pages."""
+    before = set(chromium.contexts)
+    yield chromium
+    for context in chromium.contexts:
+        if context not in before:
+            context.close()
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that use the session's Chromium run last, each module's in their usual order: see `chromium`."""
+    items.sort(key=lambda item: "chromium" in getattr(item, "fixturenames", ()))

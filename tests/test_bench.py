@@ -21,9 +21,11 @@ def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch, tmp_pat
     # one thread per child: on a busy 2-core machine OpenMP's spinning threads make the tutorial's loop crawl
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     proc = run_cli("bench", "--quick", "--epochs", "1", "--device", "cpu", "--data-dir", mnist_dir, "--json",
-                   "--results", tmp_path)
+                   "--results", tmp_path, "--log-dir", tmp_path / "tb")
     assert proc.returncode == 0, proc.stderr
     res = json.loads(proc.stdout)
+    assert res["dataset"] == "mnist"
+    read_back_event_files(tmp_path / "tb", res)
     [written] = tmp_path.glob("bench-*.json")  # --results: the same figures, wrapped with where and how
     doc = json.loads(written.read_text())
     assert doc["results"] == res and doc["kind"] == "bench" and doc["n"] == 1
@@ -47,6 +49,20 @@ def test_bench_quick_reports_well_formed_numbers(mnist_dir, monkeypatch, tmp_pat
         r = res["ratios_ours_over_tutorial"][side]
         assert r["total_seconds"] == pytest.approx(res["sides"][side]["total_seconds"]
                                                    / res["sides"]["tutorial"]["total_seconds"])
+
+
+def read_back_event_files(tb, res):
+    """--log-dir: one TensorBoard run per side, read with tensorboard's own reader, holding the JSON's figures."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert sorted(p.name for p in tb.iterdir()) == sorted(res["sides"])
+    for side, s in res["sides"].items():
+        ea = EventAccumulator(str(tb / side))
+        ea.Reload()
+        assert [(e.step, e.value) for e in ea.Scalars("accuracy/test")] == [
+            (i + 1, pytest.approx(a)) for i, a in enumerate(s["test_accuracy"])]
+        assert ea.Scalars("bench/total_seconds")[0].value == pytest.approx(s["total_seconds"])
+        assert ea.Scalars("images_per_s")[0].value == pytest.approx(s["train_images_per_second"])
 
 
 def test_bench_table_and_errors(mnist_dir):
@@ -76,6 +92,13 @@ def test_bench_table_and_errors(mnist_dir):
 
     line = assert_one_line_error(run_cli("bench", "--repeats", "0", "--data-dir", mnist_dir))
     assert "--repeats" in line
+    from argparse import Namespace
+
+    from mnist_cnn.errors import ConfigError
+    from mnist_cnn.perf.bench import check_data
+
+    with pytest.raises(ConfigError, match="the tutorial side reads with torchvision, which knows mnist and fashion-"):
+        check_data(Namespace(dataset="kmnist", sides=["tutorial", "ours"], data_dir=mnist_dir))
     if not torch.cuda.is_available():
         assert "cuda" in assert_one_line_error(run_cli("bench", "--device", "cuda", "--data-dir", mnist_dir))
 
@@ -174,7 +197,7 @@ def test_bench_alternates_the_order_of_the_sides(mnist_dir, monkeypatch):
 
     monkeypatch.setattr(bench, "run_child", fake_child)
     args = argparse.Namespace(data_dir=mnist_dir, repeats=3, sides=["tutorial", "ours", "fast"], epochs=1,
-                              target=99.0, quick=True)
+                              target=99.0, quick=True, dataset="mnist")
     res = bench.bench(args, log=lambda *a: None)
     assert order == ["tutorial", "ours", "fast", "fast", "ours", "tutorial", "tutorial", "ours", "fast"]
     assert res["sides"]["ours"]["repeats"] == 3

@@ -118,6 +118,8 @@ def test_a_flag_given_at_its_default_beats_the_recipe():
     assert all(getattr(cfg, k) == v for k, v in RECIPES["fast"].items() if k != "lr")
     assert apply_recipe(parse_train("--augment", "--schedule", "constant")).schedule == "constant"
     assert apply_recipe(parse_train("--augment")).schedule == "onecycle"
+    assert apply_recipe(parse_train("--augment")).epochs == 20
+    assert apply_recipe(parse_train("--augment", "--epochs", "5")).epochs == 5
 
 
 @pytest.mark.slow

@@ -4,9 +4,11 @@ read back with tensorboard's own event reader."""
 
 import gzip
 import http.server
+import io
 import json
 import shutil
 import threading
+import zipfile
 from dataclasses import replace
 from functools import partial
 
@@ -82,7 +84,7 @@ def mirror(tmp_path):
 
     handler = partial(Quiet, directory=str(www))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/", www
     server.shutdown()
@@ -111,6 +113,80 @@ def test_mirror_fetch_from_a_real_http_server(mirror, tmp_path):
     with pytest.raises(DataError, match=says):
         data.ensure(tiny, tmp_path / "bad", quiet=True)
     assert not (tmp_path / "bad" / "Tiny" / "raw" / "t10k-labels-idx1-ubyte").exists()
+
+
+def test_qmnist_from_a_real_http_server(mirror, tmp_path):
+    """QMNIST's files under their own names, int32 (N, 8) labels: the .gz kept as served, column 0 the label.
+    The pins come from the Source passed in (our files' MD5s), not from a changed global."""
+    base, www = mirror
+    rng = np.random.default_rng(4)
+    images = {"train": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), "test": rng.integers(0, 256, (4, 28, 28),
+                                                                                              dtype=np.uint8)}
+    extended = {k: np.concatenate([rng.integers(0, 10, (len(v), 1)), rng.integers(0, 99999, (len(v), 7))], 1)
+                .astype(np.int32) for k, v in images.items()}  # (N, 8): digit, NIST series, writer id, ...
+    files = {}
+    for ours, served in data.QMNIST_NAMES.items():
+        split = "train" if ours.startswith("train") else "test"
+        gz = gzip.compress(data.encode_idx(images[split] if "images" in ours else extended[split]), mtime=0)
+        (www / f"{served}.gz").write_bytes(gz)
+        files[ours] = (None, data.md5(gz), None)
+    q = replace(data.SOURCES["qmnist"], mirrors=(base,), files=files)
+    d = data.load_dataset(q, tmp_path, quiet=True)
+    assert sorted(p.name for p in (tmp_path / "QMNIST" / "raw").iterdir()) == sorted(
+        f"{n}.gz" for n in data.QMNIST_NAMES.values())
+    assert d.name == "qmnist" and d.classes == data.DIGITS
+    assert d.test_labels.tolist() == extended["test"][:, 0].tolist()
+    assert torch.equal(d.train_images, torch.from_numpy(images["train"]))
+
+
+def _emnist_zip(rng, splits):
+    """A zip laid out as EMNIST's gzip.zip: gzip/emnist-SPLIT-{train,test}-{images-idx3,labels-idx1}-ubyte.gz,
+    images stored transposed. -> (zip bytes, {split: {IDX name: the array as MNIST would hold it}})."""
+    buf, truth = io.BytesIO(), {}
+    with zipfile.ZipFile(buf, "w") as z:
+        for split, first_label, n_classes in splits:
+            truth[split] = {}
+            for ours, theirs, n in (("train", "train", 8), ("t10k", "test", 4)):
+                upright = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+                labels = (np.arange(n) % n_classes + first_label).astype(np.uint8)
+                z.writestr(f"gzip/emnist-{split}-{theirs}-images-idx3-ubyte.gz",
+                           gzip.compress(data.encode_idx(upright.transpose(0, 2, 1).copy())))
+                z.writestr(f"gzip/emnist-{split}-{theirs}-labels-idx1-ubyte.gz", gzip.compress(data.encode_idx(labels)))
+                truth[split][f"{ours}-images-idx3-ubyte"] = upright
+                truth[split][f"{ours}-labels-idx1-ubyte"] = labels - first_label
+    return buf.getvalue(), truth
+
+
+def test_emnist_from_a_real_http_server(mirror, tmp_path):
+    """One zip for both splits, its MD5 the pin; images turned upright; letters 1..26 -> 0..25 named A..Z.
+    A zip with the wrong MD5: one line, and nothing (no zip, no temp file) left in the folder."""
+    base, www = mirror
+    raw, truth = _emnist_zip(np.random.default_rng(5), [("letters", 1, 26), ("digits", 0, 10)])
+    (www / "gzip.zip").write_bytes(raw)
+
+    def pinned(name, mirrors, md5):
+        s = data.SOURCES[name]
+        return replace(s, mirrors=mirrors, archive=replace(s.archive, md5=md5))
+
+    letters = data.load_dataset(pinned("emnist-letters", ("http://127.0.0.1:9/", base), data.md5(raw)), tmp_path,
+                                quiet=True)
+    assert letters.classes[0] == "A" and letters.classes[-1] == "Z" and len(letters.classes) == 26
+    assert letters.train_labels.tolist() == truth["letters"]["train-labels-idx1-ubyte"].tolist()
+    assert torch.equal(letters.test_images, torch.from_numpy(truth["letters"]["t10k-images-idx3-ubyte"]))
+    digits = data.load_dataset(pinned("emnist-digits", (), data.md5(raw)), tmp_path)  # the same zip, no fetch
+    assert torch.equal(digits.train_images, torch.from_numpy(truth["digits"]["train-images-idx3-ubyte"]))
+    assert digits.classes == data.DIGITS and (tmp_path / "EMNIST" / "raw" / "gzip.zip").read_bytes() == raw
+
+    with pytest.raises(DataError) as e:
+        data.ensure(pinned("emnist-letters", (base,), "0" * 32), tmp_path / "bad", quiet=True)
+    assert "\n" not in str(e.value) and "served gzip.zip with the wrong MD5" in str(e.value)
+    assert "emnist-letters has no offline copy; download gzip.zip from" in str(e.value)
+    assert list((tmp_path / "bad" / "EMNIST" / "raw").iterdir()) == []
+    truncated = tmp_path / "bad" / "EMNIST" / "raw" / "gzip.zip"
+    truncated.write_bytes(raw[:100])  # loading never overwrites a damaged copy: it says how to replace it
+    with pytest.raises(DataError, match=r"gzip.zip: corrupt or truncated .* `mnist-cnn data --dataset emnist-letters"):
+        data.load_dataset(pinned("emnist-letters", (base,), data.md5(raw)), tmp_path / "bad")
+    assert truncated.read_bytes() == raw[:100]
 
 
 # -----------------------------------------------------------------------------
@@ -142,7 +218,9 @@ def test_own_folder_loads(tmp_path):
     ("count", "train has 20 images but 19 labels"),
     ("classes", "classes.txt: 2 lines, but the labels go from 0 to 2: it needs 3 non-empty lines"),
 ])
-def test_bad_folders_are_one_clear_error(tmp_path, damage, says):
+def test_bad_folders_are_one_clear_error(tmp_path, damage, says, capsys, monkeypatch):
+    """Each damage: one DataError line naming the cause; through `train` (the CLI's main, in this process) exit 2,
+    one line on stderr, and neither a checkpoint nor event files nor anything in the folder written."""
     raw = _tiny_idx(np.random.default_rng(2))
     if damage == "count":
         raw["train-labels-idx1-ubyte"] = data.encode_idx((np.arange(19) % 3).astype(np.uint8))
@@ -152,17 +230,20 @@ def test_bad_folders_are_one_clear_error(tmp_path, damage, says):
     if damage == "missing":
         (folder / "t10k-labels-idx1-ubyte").unlink()
     before = sorted(p.name for p in folder.iterdir())
-    with pytest.raises(DataError, match=says.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(DataError, match=says.replace("(", r"\(").replace(")", r"\)")) as e:
         data.load_dataset(str(folder))
+    assert "\n" not in str(e.value)
     assert sorted(p.name for p in folder.iterdir()) == before  # nothing written beside the data
 
+    from mnist_cnn import GOMP_SPINCOUNT, cli
 
-def test_bad_folder_through_the_cli_writes_nothing(tmp_path):
-    folder = _write_folder(tmp_path / "mine", _tiny_idx(np.random.default_rng(3)), "a\nb\n")
-    proc = run_cli("train", "--dataset", folder, "--epochs", "1", "--out", tmp_path / "m.pth", "--log-dir",
-                   tmp_path / "tb")
-    assert "classes.txt: 2 lines" in assert_one_line_error(proc)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no checkpoint, no event files
+    monkeypatch.setenv("GOMP_SPINCOUNT", GOMP_SPINCOUNT)  # what main() would set in its own process
+    capsys.readouterr()
+    rc = cli.main(["train", "--dataset", str(folder), "--epochs", "1", "--out", str(tmp_path / "m.pth"),
+                   "--log-dir", str(tmp_path / "tb"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and says in err[0] and err[0].startswith("mnist-cnn train: error: "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and sorted(p.name for p in folder.iterdir()) == before
 
 
 # -----------------------------------------------------------------------------
@@ -199,6 +280,24 @@ def test_fashion_end_to_end(fashion_dir, mnist_dir, tmp_path):
     [p] = json.loads(pred.stdout)
     assert p["label"] == FASHION.classes[p["prediction"]] == "Ankle boot"
 
+    from mnist_cnn import checkpoint
+    from mnist_cnn.insight import report
+
+    model, meta = checkpoint.load(out)  # report's numbers and text name the classes (on 500 test images: cheap)
+    scored = checkpoint.load_data(meta, out, None, fashion_dir)
+    r = report.analyse(model, replace(scored, test_images=scored.test_images[:500],
+                                      test_labels=scored.test_labels[:500]))
+    text = report.format_text(r, meta["history"])
+    assert r["dataset"] == "fashion-mnist" and "  9: Ankle boot " in text and "rows: true class" in text
+    assert f"{FASHION.classes[r['most_confused'][0]['true']]} -> " in text
+
+    from mnist_cnn.insight.explain import figure_explain  # explain's names: the checkpoint's classes, as the CLI
+
+    x = data.normalize(scored.test_images[:1], model.cfg.mean, model.cfg.std)  # (1, 1, 28, 28): test item 0
+    shown = figure_explain(model, x, str(tmp_path / "explain.png"), "item 0", int(scored.test_labels[0]),
+                           checkpoint.class_names(meta, model.cfg.num_classes))
+    assert shown["class_name"] == FASHION.classes[shown["prediction"]] and (tmp_path / "explain.png").is_file()
+
     ea = EventAccumulator(str(tb), size_guidance={"images": 0, "scalars": 0})
     ea.Reload()
     assert {"loss/train", "loss/test", "accuracy/test", "lr", "images_per_s"} <= set(ea.Tags()["scalars"])
@@ -233,3 +332,22 @@ def test_best_recipe_and_study_on_fashion(fashion_dir, tmp_path):
     assert res["settings"]["dataset"] == "fashion-mnist" and study.markdown(res).startswith("fashion-mnist:")
     runs = sorted(p.parent.relative_to(tmp_path / "tb").as_posix() for p in (tmp_path / "tb").rglob("events.*"))
     assert runs == ["optimizer-Adam/seed0", "optimizer-SGD/seed0"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for row, run in zip(res["rows"], ("optimizer-Adam/seed0", "optimizer-SGD/seed0"), strict=True):
+        ea = EventAccumulator(str(tmp_path / "tb" / run))  # tensorboard's own reader: the study's figures
+        ea.Reload()
+        [acc] = ea.Scalars("accuracy/test")
+        assert acc.step == 1 and 100 * acc.value == pytest.approx(row["test_accuracies"][0], abs=1e-4)
+        assert ea.Tags()["images"] == ["mistakes/images"]  # labelled with Fashion-MNIST's names (mistakes/list)
+
+
+def test_tutorial_side_reads_fashion_through_torchvision(fashion_dir):
+    """bench --dataset fashion-mnist: the tutorial side's torchvision loader reads the same verified files."""
+    from mnist_cnn.perf import reference
+
+    _, test_loader = reference.loaders(str(fashion_dir), dataset="fashion-mnist")
+    images, labels = next(iter(test_loader))
+    fashion = data.load_dataset("fashion-mnist", fashion_dir, fetch=False)
+    assert labels.tolist() == fashion.test_labels[:64].tolist()
+    assert torch.equal(((images[:, 0] * 0.5 + 0.5) * 255).round().to(torch.uint8), fashion.test_images[:64])

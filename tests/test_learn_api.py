@@ -192,7 +192,7 @@ def test_learning_views_share_the_servers_worker_bound(app, pixels):
         codes = [r.status_code for r in clients.map(lambda call: client.post(call[0], json=call[1]), calls)]
     assert codes == [200] * len(calls)
     assert pool_threads() - before == set()  # none ran in an unbounded pool (a new event loop: new workers)
-    assert any(t.name.startswith("mnist-cnn-work") for t in threading.enumerate())  # they ran in Workers' pool
+    assert any(t.name.startswith("mnist-cnn-work") for t in threading.enumerate())  # they ran in WorkPool's threads
 
 
 def test_samples_are_real_test_images_and_bounded(client, mnist):

@@ -7,14 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_web_browser import ARGS, CHROMIUM, draw_seven, open_page
+from test_web_browser import CHROMIUM, draw_seven, open_page
 from webutil import serve, tiny_model
 
 from mnist_cnn import checkpoint
 from mnist_cnn.data import normalize
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 ANSWERED = "document.body.dataset.prediction !== undefined && document.body.dataset.prediction !== ''"
 MAPS = ANSWERED + " && document.querySelectorAll('#layer-conv1 canvas').length === 32"
@@ -29,14 +28,6 @@ def model_path(tmp_path_factory, mnist):
 def server(model_path, mnist_dir, tmp_path_factory):
     with serve(Path(model_path), mnist_dir, tmp_path_factory.mktemp("learn") / "serve.log") as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 def explain_requests(page) -> list:

@@ -271,9 +271,10 @@ def test_loopback_server_answers_only_to_its_names_and_own_page(cramped, mnist):
 def test_forward_thread_survives_cancelled_requests(model_path, mnist):
     """Requests cancelled while they wait (a timeout, a shutdown) used to raise InvalidStateError in the
     forward thread and end it; every later request then hung. Now they are skipped."""
-    from mnist_cnn.serve.app import Engine, TorchBackend
+    from mnist_cnn.predict.backend import TorchBackend
+    from mnist_cnn.serve.app import Engine
 
-    engine = Engine(TorchBackend(model_path), queue_size=256, max_batch=4)
+    engine = Engine(TorchBackend.load(model_path), queue_size=256, max_batch=4)
     images = mnist.test_images[:40].numpy()
 
     async def storm():

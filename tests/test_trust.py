@@ -1,6 +1,6 @@
 """Trust on real input (issue 13): "not a digit", calibration, numbers, ink on poor paper.
 
-The model here is webutil.trust_model: two passes over 6k MNIST digits with 400 generated non-digits trained
+The model here is webutil.tiny_model(trust=True): two passes over 6k MNIST digits with 400 generated non-digits trained
 towards a uniform softmax, its temperature and threshold fitted on 1,000 held-out training digits, exactly as
 `train --augment` does at scale. It is small, so the tests ask what it must get right, not the targets of
 bench/trust.py (which measures the real --augment model).
@@ -14,7 +14,7 @@ import torch
 from conftest import run_cli
 from numberimages import handwritten, printed
 from PIL import Image, ImageDraw, ImageFont
-from webutil import trust_model
+from webutil import tiny_model
 
 from mnist_cnn import calibrate, checkpoint
 from mnist_cnn.predict.classifier import Classifier
@@ -26,7 +26,7 @@ FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
 
 @pytest.fixture(scope="module")
 def clf(tmp_path_factory, mnist):
-    return Classifier.load(trust_model(tmp_path_factory.getbasetemp(), mnist))
+    return Classifier.load(tiny_model(tmp_path_factory.getbasetemp(), mnist, trust=True))
 
 
 def on_paper(ch: str, size: int, canvas=(300, 240), at=(40, 40), paper=(235, 225, 190), ink=(60, 60, 60),

@@ -11,15 +11,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import CHROMIUM, ROOT, run_cli
 from webutil import serve
 
-CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
-
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +29,6 @@ def server(tmp_path_factory, mnist_dir):
         assert proc.returncode == 0, proc.stderr
     with serve(Path(model), mnist_dir, tmp_path_factory.mktemp("serve") / "serve.log") as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        yield b
-        b.close()
 
 
 def open_page(browser, base, width, height):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from test_trust import on_paper
 from webutil import free_port, get
 
 from mnist_cnn.predict.preprocess import to_mnist
@@ -31,7 +32,8 @@ console.log(JSON.stringify(items.map((it) => {
 
 def drawings(mnist) -> dict:
     """Each path through the pipeline: an opaque canvas, dark ink on paper, a transparent canvas, a tiny image
-    (enlarged), uneven lit paper with noise, a hairline pen (thickened), MNIST digits, and a blank page."""
+    (enlarged), uneven lit paper with noise, a hairline pen (thickened), MNIST digits, a blank page, and issue
+    13's ink detection: small, thin, light digits on tinted noisy (JPEG) paper, and such paper with no digit."""
     def canvas(size, bg, lines, ink, width):
         im = Image.new("RGBA", size, bg)
         for line in lines:
@@ -55,14 +57,18 @@ def drawings(mnist) -> dict:
     photo = Image.fromarray(np.clip(paper, 0, 255).astype(np.uint8)).convert("RGBA")
     ImageDraw.Draw(photo).line([(100, 40), (160, 30), (120, 200), (200, 200)], fill=(40, 40, 40, 255), width=9)
     out["photo 2"] = photo
+    light = "/usr/share/fonts/truetype/dejavu/DejaVuSans-ExtraLight.ttf"
+    out["thin light 1"] = on_paper("1", 50, (300, 300), (150, 120), (225, 225, 225), (120, 120, 120), 6, 60, light)
+    out["small 3"] = on_paper("3", 30, (300, 300), (255, 250), (210, 200, 180), (90, 80, 70), 4, 70)
+    out["blank noisy paper"] = on_paper(" ", 30, (300, 300), noise=6, jpeg=60)
+    for name in ("thin light 1", "small 3", "blank noisy paper"):
+        out[name] = out[name].convert("RGBA")  # what a canvas hands preprocess.js
     for i in range(3):
         out[f"mnist {i}"] = Image.fromarray(mnist.test_images[i].numpy()).convert("RGBA")
     return out
 
 
 @pytest.mark.skipif(not shutil.which("node"), reason="no node to run preprocess.js outside the browser")
-@pytest.mark.xfail(strict=True, reason="known gap: preprocess.py's ink detection changed (issue 13: robust noise "
-                   "estimate, ink map) after preprocess.js was ported; the static page still crops the old way")
 def test_preprocess_js_gives_the_servers_bytes(mnist):
     images = drawings(mnist)
     payload = [{"w": im.width, "h": im.height, "rgba": base64.b64encode(np.asarray(im).tobytes()).decode()}
@@ -71,7 +77,7 @@ def test_preprocess_js_gives_the_servers_bytes(mnist):
                          text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     for (name, im), got in zip(images.items(), json.loads(run.stdout), strict=True):
-        if name == "blank":
+        if name.startswith("blank"):
             assert got.startswith("error: no ink found"), got
             continue
         js = np.frombuffer(base64.b64decode(got), np.uint8).reshape(28, 28)
@@ -108,35 +114,31 @@ def test_export_writes_only_the_needed_files(exported):
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
-def test_static_page_reads_a_drawn_seven_offline(exported, static_server):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    from test_web_browser import ARGS, draw_seven
+def test_static_page_reads_a_drawn_seven_offline(exported, static_server, browser):
+    from test_web_browser import draw_seven
 
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page()
-        problems, outside = [], []
-        page.on("console", lambda m: m.type == "error" and problems.append(m.text))
-        page.on("pageerror", lambda e: problems.append(str(e)))
+    page = browser.new_page()
+    problems, outside = [], []
+    page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+    page.on("pageerror", lambda e: problems.append(str(e)))
 
-        def only_local(route):  # the network is blocked: anything not from the static server is aborted
-            if route.request.url.startswith(static_server):
-                route.continue_()
-            else:
-                outside.append(route.request.url)
-                route.abort()
+    def only_local(route):  # the network is blocked: anything not from the static server is aborted
+        if route.request.url.startswith(static_server):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
 
-        page.route("**/*", only_local)
-        page.goto(static_server + "/")
-        page.wait_for_function("document.body.dataset.ready === '1'", timeout=120_000)
-        draw_seven(page)
-        page.wait_for_function("document.getElementById('digit').textContent !== '?'")
-        page.wait_for_timeout(300)  # let the last stroke's prediction land
-        assert page.locator("#digit").inner_text() == "7"
-        latency = page.evaluate("measureLatency(30)")
-        print(f"\nin-page warm latency per digit (median of {latency['runs']}): {latency['inference_ms']:.2f} ms "
-              f"inference, {latency['total_ms']:.2f} ms with preprocessing")
-        assert latency["runs"] == 30 and latency["inference_ms"] > 0
-        browser.close()
+    page.route("**/*", only_local)
+    page.goto(static_server + "/")
+    page.wait_for_function("document.body.dataset.ready === '1'", timeout=120_000)
+    draw_seven(page)
+    page.wait_for_function("document.getElementById('digit').textContent !== '?'")
+    page.wait_for_timeout(300)  # let the last stroke's prediction land
+    assert page.locator("#digit").inner_text() == "7"
+    latency = page.evaluate("measureLatency(30)")
+    print(f"\nin-page warm latency per digit (median of {latency['runs']}): {latency['inference_ms']:.2f} ms "
+          f"inference, {latency['total_ms']:.2f} ms with preprocessing")
+    assert latency["runs"] == 30 and latency["inference_ms"] > 0
     assert not problems, problems
     assert not outside, f"the page asked for something outside its folder: {outside}"

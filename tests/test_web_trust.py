@@ -1,37 +1,35 @@
 """The page's trust behaviours in a real browser (issue 13): a cleared pad shows no answer and asks nothing, a
 non-digit shows "not a digit" with the best guess small, number mode reads digit by digit with boxes.
 
-Playwright drives Debian's headless Chromium against a real `mnist-cnn serve` of webutil.trust_model (a small
+Playwright drives Debian's headless Chromium against a real `mnist-cnn serve` of webutil.tiny_model(trust=True) (a small
 model trained with non-digits and calibrated, as `train --augment` makes them).
 """
 
 from pathlib import Path
 
 import pytest
-from test_web_browser import ARGS, CHROMIUM, draw_seven, open_page
-from webutil import serve, trust_model
+from test_web_browser import CHROMIUM, draw_seven, open_page
+from webutil import serve, tiny_model
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (apt-get install chromium)")
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, mnist, mnist_dir):
-    model = trust_model(tmp_path_factory.getbasetemp(), mnist)
+    model = tiny_model(tmp_path_factory.getbasetemp(), mnist, trust=True)
     with serve(Path(model), mnist_dir, tmp_path_factory.mktemp("serve") / "serve.log", startup_s=180) as base:
         yield base
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page, problems, outside = open_page(browser, server, 1100, 1000)
-        try:
-            yield page
-        finally:
-            browser.close()
-        assert problems == [] and outside == [], (problems, outside)
+def page(server, chromium):
+    """One page in the session's Chromium for the whole module: the tests go on from where the last one left it."""
+    page, problems, outside = open_page(chromium, server, 1100, 1000)
+    try:
+        yield page
+    finally:
+        page.context.close()
+    assert problems == [] and outside == [], (problems, outside)
 
 
 def answered(page, before: int):

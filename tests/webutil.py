@@ -15,15 +15,19 @@ import torch
 import torch.nn.functional as F
 
 
-def tiny_model(directory: Path, mnist) -> Path:
-    """A checkpoint trained for one pass over 6k MNIST digits (~91% test accuracy; 1 torch thread: ~3 s alone,
-    ~10 s on the shared 2-core machine, where 2 threads were 5x slower still). Made once per test session:
-    the first caller trains, later callers find the file."""
-    from mnist_cnn import checkpoint
+def tiny_model(directory: Path, mnist, trust: bool = False) -> Path:
+    """A checkpoint trained briefly on the first 6k MNIST training digits (Adam, batches of 100, seed 0, 1 torch
+    thread): one pass (~91% test accuracy; ~3 s alone, ~10 s on the shared 2-core machine, where 2 threads were 5x
+    slower still). trust=True adds what `train --augment` adds for trust: non-digits (negatives.py, 400 of them,
+    20 a batch) trained towards a uniform softmax over two passes, and a temperature and "not a digit" threshold
+    fitted on 1,000 held-out training digits (calibrate.py), written to the checkpoint's JSON.
+    Made once per test session for each setting: the first caller trains, later callers find the file."""
+    from mnist_cnn import calibrate, checkpoint, negatives
     from mnist_cnn.data import normalize
+    from mnist_cnn.evaluate import logits_of
     from mnist_cnn.model import Net
 
-    path = directory / "web-tiny.pth"
+    path = directory / ("web-trust.pth" if trust else "web-tiny.pth")
     if path.exists():
         return path
     threads = torch.get_num_threads()
@@ -32,17 +36,30 @@ def tiny_model(directory: Path, mnist) -> Path:
     model = Net()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     images, labels = mnist.train_images[:6000], mnist.train_labels[:6000]
-    for i in range(0, len(images), 100):
-        loss = F.cross_entropy(model(normalize(images[i:i + 100])), labels[i:i + 100])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    others = normalize(torch.from_numpy(negatives.make(400, seed=0))) if trust else None  # (400, 1, 28, 28)
+    for _ in range(2 if trust else 1):
+        for k, i in enumerate(range(0, len(images), 100)):
+            batch = normalize(images[i:i + 100])  # (100, 1, 28, 28); with trust, 20 non-digits after them
+            logits = model(torch.cat([batch, others[(20 * k) % 400:(20 * k) % 400 + 20]]) if trust else batch)
+            loss = F.cross_entropy(logits[:100], labels[i:i + 100])
+            if trust:
+                loss = loss + 0.5 * 20 / 120 * -F.log_softmax(logits[100:], 1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     model.eval()
+    extra = {}
+    if trust:
+        extra["trust"] = calibrate.calibrate(logits_of(model, mnist.train_images[50000:51000]),
+                                             mnist.train_labels[50000:51000],
+                                             logits_of(model, torch.from_numpy(negatives.make(100, seed=1))))
     with torch.no_grad():
         acc = (model(normalize(mnist.test_images[:1000])).argmax(1) == mnist.test_labels[:1000]).float().mean()
     torch.set_num_threads(threads)
-    checkpoint.save(path, model, {"epochs": 1, "subset": 6000},
-                    [{"epoch": 1, "test_accuracy": float(acc), "note": "web tests' tiny model"}])
+    epochs = 2 if trust else 1
+    note = "tests' tiny model with trust" if trust else "web tests' tiny model"
+    checkpoint.save(path, model, {"epochs": epochs, "subset": 6000},
+                    [{"epoch": epochs, "test_accuracy": float(acc), "note": note}], **extra)
     return path
 
 
@@ -105,41 +122,3 @@ def serve(model: Path, data_dir: Path, log_path: Path, port: int | None = None, 
             raise AssertionError("server did not stop on SIGINT within 15 s") from None
         log.close()
 
-
-def trust_model(directory: Path, mnist) -> Path:
-    """Like tiny_model, with what `train --augment` adds for trust: non-digits (negatives.py, 400 of them) trained
-    towards a uniform softmax, and a temperature and "not a digit" threshold fitted on 1,000 held-out training
-    digits (calibrate.py), written to the checkpoint's JSON. Two passes over 6k digits; made once per session."""
-    from mnist_cnn import calibrate, checkpoint, negatives
-    from mnist_cnn.data import normalize
-    from mnist_cnn.evaluate import logits_of
-    from mnist_cnn.model import Net
-
-    path = directory / "web-trust.pth"
-    if path.exists():
-        return path
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = Net()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    images, labels = mnist.train_images[:6000], mnist.train_labels[:6000]
-    others = normalize(torch.from_numpy(negatives.make(400, seed=0)))  # (400, 1, 28, 28)
-    for _ in range(2):
-        for k, i in enumerate(range(0, len(images), 100)):
-            odd = others[(20 * k) % 400:(20 * k) % 400 + 20]
-            logits = model(torch.cat([normalize(images[i:i + 100]), odd]))
-            loss = F.cross_entropy(logits[:100], labels[i:i + 100]) \
-                + 0.5 * 20 / 120 * -F.log_softmax(logits[100:], 1).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    trust = calibrate.calibrate(logits_of(model, mnist.train_images[50000:51000]), mnist.train_labels[50000:51000],
-                                logits_of(model, torch.from_numpy(negatives.make(100, seed=1))))
-    with torch.no_grad():
-        acc = (model(normalize(mnist.test_images[:1000])).argmax(1) == mnist.test_labels[:1000]).float().mean()
-    torch.set_num_threads(threads)
-    checkpoint.save(path, model, {"epochs": 2, "subset": 6000}, [{"epoch": 2, "test_accuracy": float(acc),
-                                                                 "note": "tests' tiny model with trust"}], trust=trust)
-    return path

@@ -205,14 +205,18 @@ def cmd_data(args):
 
     source = data.SOURCES[args.dataset]
     d = data.ensure(source, args.data_dir, quiet=args.json, mirrors=not args.no_mirrors)
-    files = {name: {"path": str(d / name), "md5": md5s[0] or md5s[1], "status": "ok"}
-             for name, md5s in source.files.items()}
+    def checked(name):  # the file whose MD5 is checked: the raw file, else the .gz or the zip as served
+        path = data.on_disk(d, name, source)[0 if source.files[name][0] or source.archive else 1]
+        return path, source.files[name][0] or (source.archive.md5 if source.archive else source.files[name][1])
+
+    files = {name: {"path": str(checked(name)[0]), "md5": checked(name)[1], "status": "ok"} for name in source.files}
     if args.json:
         print_json({"dataset": source.name, "folder": str(d.resolve()), "files": files})
     else:
         print(f"{'MNIST' if source.name == 'mnist' else source.name} verified in {d.resolve()}")
         for name, f in files.items():
-            print(f"  {name}  md5 {f['md5']}{'' if source.files[name][0] else ' (.gz)'}  ok")
+            of = "" if source.files[name][0] else f" (of {f['path'].rsplit('/', 1)[-1]})"
+            print(f"  {name}  md5 {f['md5']}{of}  ok")
 
 
 # -----------------------------------------------------------------------------
@@ -232,6 +236,8 @@ def add_serve(sub):
     add_dataset(p, for_checkpoint=True)
     p.add_argument("--threads", type=int, default=1,
                    help="threads for the forward pass (default 1: one image is too small to split)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes serving the same port, each with its own model (default 1; docs/serve.md)")
     add_backend_flag(p)
     g = p.add_argument_group("limits (what one client can cost; docs/serve.md)")
     for f in fields(Limits):
@@ -246,23 +252,23 @@ def cmd_serve(args):
     import socket
     from dataclasses import fields
 
-    from mnist_cnn.predict.backend import OnnxBackend, backend_name
+    from mnist_cnn.predict.backend import backend_name, load_backend
     from mnist_cnn.serve import server
     from mnist_cnn.serve.app import create_app
     from mnist_cnn.serve.limits import LOOPBACK_NAMES, Limits
 
     if args.threads < 1:
         raise MnistCnnError(f"--threads must be at least 1, got {args.threads}")
+    if not 1 <= args.workers <= 64:
+        raise MnistCnnError(f"--workers must be in 1..64, got {args.workers}")
     if not 0 <= args.port <= 65535:
         raise MnistCnnError(f"--port must be in 0..65535, got {args.port}")
     limits = Limits(**{f.name: getattr(args, f.name) for f in fields(Limits)})
-    backend = None  # the app builds the PyTorch backend itself
     if backend_name(args.model, args.backend) == "torch":  # onnxruntime: threads per session, torch never imported
         import torch
 
         torch.set_num_threads(args.threads)
-    else:
-        backend = OnnxBackend.load(args.model, args.threads)  # a bad model: one line, before anything listens
+    backend = load_backend(args.model, args.backend, threads=args.threads)  # a bad model: one line, before binding
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:  # bind here, so a busy port or bad host is one line too, not uvicorn's traceback
         info = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0]
@@ -274,8 +280,8 @@ def cmd_serve(args):
     host, port = sock.getsockname()[:2]
     loopback = ipaddress.ip_address(host).is_loopback
     # loads the model and the test set once, now: a bad --model is one line; loopback answers only to its names
-    app = create_app(args.model, args.data_dir, args.dataset, limits,
-                     local_hosts=(*LOOPBACK_NAMES, host) if loopback else None, backend=backend)
+    hosts = (*LOOPBACK_NAMES, host) if loopback else None
+    app = create_app(args.model, args.data_dir, args.dataset, limits, local_hosts=hosts, backend=backend)
     if missing := app.state.samples.missing:
         print(f"note: {missing}; /api/sample answers 503", file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
@@ -283,7 +289,15 @@ def cmd_serve(args):
     if not loopback:
         print(f"note: listening on {host}, reachable from other machines; the app has no authentication",
               file=sys.stderr)
-    server.run(app, sock, limits)
+    if args.workers == 1:
+        return server.run(app, sock, limits)
+
+    def worker_app():  # in each worker, after the fork: its own model, engine thread and decoders
+        return create_app(args.model, args.data_dir, args.dataset, limits, local_hosts=hosts,
+                          backend=load_backend(args.model, args.backend, threads=args.threads))
+
+    del app, backend  # built to check everything before any worker starts; the workers build their own
+    server.run_workers(worker_app, sock, limits, args.workers)  # ends the process: 0, or a failed worker's status
 
 
 # -----------------------------------------------------------------------------
@@ -495,6 +509,8 @@ def add_bench(sub):
     p.add_argument("--json", action="store_true")
     p.add_argument("--results", metavar="PATH", help="also write the raw figures, with machine, date, versions and "
                    "command, as JSON to PATH (a folder: a file named by date and machine; see bench/results/)")
+    add_dataset(p)
+    add_setting(p, "log_dir", help="TensorBoard event files, one run per side: DIR/<side> (tensorboard --logdir DIR)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -508,7 +524,15 @@ def cmd_bench(args):
     if not 0 < args.target <= 100:
         raise ConfigError(f"--target is a percentage in (0, 100], got {args.target}")
     pick_device(args.device)  # a missing CUDA/MPS is a one-line error here, not in a child
+    if args.log_dir:
+        from mnist_cnn.runlog import check
+
+        check(args.log_dir)  # tensorboard missing, or the folder unwritable: one line now, not after the runs
     res = bench(args, log=(lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr)))
+    if args.log_dir:
+        from mnist_cnn.runlog import write_bench
+
+        write_bench(args.log_dir, res)
     print_json(res) if args.json else print(format_table(res))
     if args.results:
         from mnist_cnn.perf.results import write_results

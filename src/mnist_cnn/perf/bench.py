@@ -25,6 +25,10 @@ thread (OMP_NUM_THREADS=1), and about threads x wall seconds on a quiet machine.
 
 Peak memory is the child's peak RSS on CPU (data, model, framework: everything), torch.cuda's peak
 allocation on CUDA. Setup (imports, reading MNIST) is outside the timed seconds on both sides.
+
+`--dataset` benches on another dataset (ours: any, a folder included; the tutorial side reads it with
+torchvision, which knows mnist and fashion-mnist, so for others leave it out with --sides ours fast).
+`--log-dir DIR` also writes each side's figures as TensorBoard event files (runlog.write_bench).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mnist_cnn.config import BENCH_SIDES
@@ -107,7 +112,7 @@ def _quiet(*a, **k):
     pass
 
 
-def train_tutorial_side(data_dir: str, epochs: int, device, quick: bool):
+def train_tutorial_side(data_dir: str, epochs: int, device, quick: bool, dataset: str = "mnist"):
     """The tutorial's pipeline (reference.py) -> (model, history, CPU seconds of training, dtype, the tutorial's
     one-image path: PIL, ToTensor + Normalize, forward, softmax)."""
     import torch
@@ -118,7 +123,7 @@ def train_tutorial_side(data_dir: str, epochs: int, device, quick: bool):
 
     cpu0 = time.process_time()
     model, history = reference.run(data_dir, epochs, log=_quiet, device=str(device),
-                                   max_batches=QUICK_BATCHES if quick else None)
+                                   max_batches=QUICK_BATCHES if quick else None, dataset=dataset)
     cpu_seconds = time.process_time() - cpu0
     tutorial_transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
 
@@ -138,13 +143,14 @@ def train_our_side(side: str, data, epochs: int, device_name: str, device, targe
     from PIL import Image
 
     from mnist_cnn import checkpoint
-    from mnist_cnn.data import MNIST, normalize
+    from mnist_cnn.data import normalize
     from mnist_cnn.predict.classifier import Classifier
     from mnist_cnn.train import TrainConfig, pick_dtype, train
 
     if quick:  # the same 20 batches of 64 the reference sees, and 1,280 test images
         n = QUICK_BATCHES * 64
-        data = MNIST(data.train_images[:n], data.train_labels[:n], data.test_images[:n], data.test_labels[:n])
+        data = replace(data, train_images=data.train_images[:n], train_labels=data.train_labels[:n],
+                       test_images=data.test_images[:n], test_labels=data.test_labels[:n])
     recipe = "tutorial" if side == "ours" else side
     cfg = TrainConfig(recipe=recipe, epochs=epochs if side == "ours" else TrainConfig.epochs, device=device_name,
                       quiet=True, target_accuracy=target if side == "fast" else None)
@@ -153,7 +159,7 @@ def train_our_side(side: str, data, epochs: int, device_name: str, device, targe
     cpu0 = time.process_time()
     model, history = train(cfg, data, log=_quiet)
     cpu_seconds = time.process_time() - cpu0
-    checkpoint.save(tmp / "model.pth", model)
+    checkpoint.save(tmp / "model.pth", model, dataset=data.describe())  # its classes pick predict's preparation
     clf = Classifier.load(tmp / "model.pth", device)
     model.eval()
 
@@ -164,29 +170,34 @@ def train_our_side(side: str, data, epochs: int, device_name: str, device, targe
     return model, history, cpu_seconds, pick_dtype(cfg.precision, device), clf.predict, plain_one
 
 
-def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: float, quick: bool) -> dict:
+def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: float, quick: bool,
+             dataset: str = "mnist") -> dict:
+    with tempfile.TemporaryDirectory(prefix="mnist-cnn-bench-") as tmp:
+        return _run_side(side, data_dir, epochs, device_name, target, quick, dataset, Path(tmp))
+
+
+def _run_side(side, data_dir, epochs, device_name, target, quick, dataset, tmp: Path) -> dict:
     import torch
     from PIL import Image
 
-    from mnist_cnn.data import MNIST, load_mnist
+    from mnist_cnn.data import load_dataset
     from mnist_cnn.evaluate import evaluate
     from mnist_cnn.train import pick_device
 
     device = pick_device(device_name)
-    data = load_mnist(data_dir, quiet=True)
-    tmp = Path(tempfile.mkdtemp(prefix="mnist-cnn-bench-"))
+    data = load_dataset(dataset, data_dir, quiet=True, fetch=False)
     png = tmp / "digit.png"
-    Image.fromarray(data.test_images[0].numpy()).save(png)  # a real test digit, 28x28 grayscale PNG
+    Image.fromarray(data.test_images[0].numpy()).save(png)  # a real test image, 28x28 grayscale PNG
     if side == "tutorial":
-        model, history, cpu_seconds, dtype, predict_one = train_tutorial_side(data_dir, epochs, device, quick)
+        model, history, cpu_seconds, dtype, predict_one = train_tutorial_side(data_dir, epochs, device, quick, dataset)
         latency_path = "tutorial transform + forward"
     else:
         model, history, cpu_seconds, dtype, predict_one, plain_one = train_our_side(
             side, data, epochs, device_name, device, target, quick, tmp)
         latency_path = "Classifier.predict"
 
-    test = data if not quick else MNIST(data.train_images[:0], data.train_labels[:0],
-                                       data.test_images[:QUICK_BATCHES * 64], data.test_labels[:QUICK_BATCHES * 64])
+    k = QUICK_BATCHES * 64
+    test = data if not quick else replace(data, test_images=data.test_images[:k], test_labels=data.test_labels[:k])
     fp32_acc = evaluate(model.float(), test.test_images, test.test_labels)["accuracy"]
     big = 16384 if device.type == "cuda" else 1024
     infer = inference_rate(model, data.test_images, device, dtype, side == "tutorial", big,
@@ -223,7 +234,7 @@ def run_side(side: str, data_dir: str, epochs: int, device_name: str, target: fl
 
 def run_child(side, args) -> dict:
     cmd = [sys.executable, "-m", "mnist_cnn.perf.bench", side, args.data_dir, str(args.epochs), args.device,
-           str(args.target), "1" if args.quick else "0"]
+           str(args.target), "1" if args.quick else "0", args.dataset]
     from mnist_cnn import GOMP_SPINCOUNT
 
     env = os.environ.copy()
@@ -261,10 +272,24 @@ def median_of(runs: list[dict]) -> dict:
     return out
 
 
-def bench(args, log=print) -> dict:
-    from mnist_cnn.data import ensure_mnist
+def check_data(args) -> None:
+    """The dataset is there and verified (a known one fetched if absent), and every side can read it: one line
+    otherwise, before any child starts."""
+    from mnist_cnn import data
+    from mnist_cnn.errors import ConfigError
+    from mnist_cnn.perf.reference import TORCHVISION
 
-    ensure_mnist(args.data_dir, quiet=True)
+    if "tutorial" in args.sides and args.dataset not in TORCHVISION:
+        raise ConfigError(f"--dataset {args.dataset}: the tutorial side reads with torchvision, which knows "
+                          f"{' and '.join(TORCHVISION)}; leave it out with --sides ours fast")
+    if args.dataset in data.SOURCES:
+        data.ensure(data.SOURCES[args.dataset], args.data_dir, quiet=True, repair=False)
+    else:
+        data.load_dataset(args.dataset, args.data_dir, quiet=True)  # a folder: checked here, read in each child
+
+
+def bench(args, log=print) -> dict:
+    check_data(args)
     results = {side: [] for side in args.sides}
     for r in range(args.repeats):
         # every other repeat in reverse order: after minutes of full load this VM runs up to ~25% slower (our
@@ -283,7 +308,8 @@ def bench(args, log=print) -> dict:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return {"epochs": args.epochs, "target": args.target, "quick": args.quick, "cpu_count": os.cpu_count(),
+    return {"dataset": args.dataset, "epochs": args.epochs, "target": args.target, "quick": args.quick,
+            "cpu_count": os.cpu_count(),
             "load_average_at_end": load, "sides": sides, "ratios_ours_over_tutorial": ratios}
 
 
@@ -343,6 +369,6 @@ def format_table(res: dict) -> str:
     return "\n".join(out)
 
 
-if __name__ == "__main__":  # child mode: python -m mnist_cnn.perf.bench SIDE DATA_DIR EPOCHS DEVICE TARGET QUICK
-    side, data_dir, epochs, device, target, quick = sys.argv[1:7]
-    print(json.dumps(run_side(side, data_dir, int(epochs), device, float(target), quick == "1")))
+if __name__ == "__main__":  # child: python -m mnist_cnn.perf.bench SIDE DATA_DIR EPOCHS DEVICE TARGET QUICK DATASET
+    side, data_dir, epochs, device, target, quick, dataset = sys.argv[1:8]
+    print(json.dumps(run_side(side, data_dir, int(epochs), device, float(target), quick == "1", dataset)))

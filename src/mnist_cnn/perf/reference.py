@@ -34,12 +34,16 @@ class Net(nn.Module):
         return self.fc2(x)
 
 
-def loaders(data_dir: str = "data", batch_size: int = 64):
+TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # --dataset -> the torchvision class reading it
+
+
+def loaders(data_dir: str = "data", batch_size: int = 64, dataset: str = "mnist"):
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))])
-    train_set = datasets.MNIST(root=data_dir, train=True, download=False, transform=transform)
-    test_set = datasets.MNIST(root=data_dir, train=False, download=False, transform=transform)
+    kind = getattr(datasets, TORCHVISION[dataset])
+    train_set = kind(root=data_dir, train=True, download=False, transform=transform)
+    test_set = kind(root=data_dir, train=False, download=False, transform=transform)
     return (torch.utils.data.DataLoader(train_set, batch_size=batch_size, shuffle=True),
             torch.utils.data.DataLoader(test_set, batch_size=batch_size, shuffle=False))
 
@@ -58,14 +62,15 @@ def test_accuracy(model, test_loader, device="cpu", max_batches=None) -> float:
 
 
 def run(data_dir: str = "data", epochs: int = 5, log=print, on_epoch=None, device: str = "cpu",
-        max_batches: int | None = None) -> tuple[Net, list[dict]]:
+        max_batches: int | None = None, dataset: str = "mnist") -> tuple[Net, list[dict]]:
     """The tutorial's training script as a function. Returns the model and per-epoch metrics.
 
     Measurement hooks only (they change nothing the tutorial does): `device` moves each batch the way
     pytorch/examples does, so `bench --device cuda` compares like with like; `max_batches` cuts both loops
-    short for the tests' tiny budget; `train_seconds` in the history is the training part of `seconds`.
+    short for the tests' tiny budget; `train_seconds` in the history is the training part of `seconds`;
+    `dataset` swaps torchvision's MNIST class for FashionMNIST (same files, same transform).
     """
-    train_loader, test_loader = loaders(data_dir)
+    train_loader, test_loader = loaders(data_dir, dataset=dataset)
     model = Net().to(device)
     criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.001)

@@ -3,12 +3,17 @@
     backend = load_backend("mnist_cnn_model.pth")      # PyTorch, from a checkpoint (.pth + .json)
     backend = load_backend("mnist_cnn.onnx")           # onnxruntime, from `mnist-cnn export` (no torch imported)
     probs = backend.forward(batch)                     # uint8 (B, 28, 28) white-on-black -> float32 (B, 10)
+    probs, maps = backend.activations(batch)           # torch only: also the feature maps (the web page's view)
 
 Both take the raw 0..255 pixels that `preprocess.to_mnist` makes and return the softmax over the 10 digits. The
 PyTorch backend normalizes with `data.normalize`; an exported ONNX model carries that same normalization inside
 its graph, so its input is the raw pixels too. Importing this module imports neither torch nor onnxruntime:
 each backend imports its own runtime when it is loaded, so `predict` and `serve` with an ONNX model run in an
-environment without torch (see docs/deploy.md).
+environment without torch (see docs/deploy.md). `predict`, `Classifier` and `serve` all run their models here.
+
+Both offer what a caller may read: `name`, `meta` (the checkpoint's JSON, or the ONNX metadata), `summary`
+({"params", "macs", ...}), `classes`, `mean`/`std`, `forward(batch)`; the PyTorch one also `model` and
+`activations(batch)`. Only one thread at a time may call a backend (the server's Engine has one).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from mnist_cnn.errors import CheckpointError
 BACKENDS = ("torch", "onnxruntime")
 INPUT, OUTPUT = "pixels", "logits"  # the names `mnist-cnn export` gives the ONNX graph's input and output
 SIDE, CLASSES = 28, 10
+LAYERS = ("conv1", "pool1", "conv2", "pool2", "fc1")  # the feature maps TorchBackend.activations returns
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -54,13 +60,16 @@ class TorchBackend:
         self.model, self.meta, self.device = model.eval(), meta or {}, device
         self.classes = checkpoint.class_names(self.meta, model.cfg.num_classes)
         self.mean, self.std = model.cfg.mean, model.cfg.std
+        self._summary = None  # computed on first use: predict never needs it
 
     @property
     def summary(self) -> dict:
         """Per-layer shapes, params and MACs (insight.explain.summary), for the server's /api/model."""
-        from mnist_cnn.insight.explain import summary
+        if self._summary is None:
+            from mnist_cnn.insight.explain import summary
 
-        return summary(self.model.cfg)
+            self._summary = summary(self.model.cfg)
+        return self._summary
 
     @classmethod
     def load(cls, path: str | Path, device="cpu") -> TorchBackend:
@@ -69,15 +78,27 @@ class TorchBackend:
         model, meta = checkpoint.load(path, device)
         return cls(model, meta, device)
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:  # uint8 (B, 28, 28) -> float32 (B, 10)
+    def _normalize(self, batch: np.ndarray):  # uint8 (B, 28, 28) -> float (B, 1, 28, 28) tensor on the device
         import torch
 
         from mnist_cnn.data import normalize
 
+        return normalize(torch.from_numpy(check_batch(batch)), self.mean, self.std).to(self.device)
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:  # uint8 (B, 28, 28) -> float32 (B, 10)
+        import torch
+
         with torch.inference_mode():
-            x = normalize(torch.from_numpy(check_batch(batch)), self.mean, self.std).to(self.device)
-            logits = self.model(x)  # (B, 10)
+            logits = self.model(self._normalize(batch))  # (B, 10)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def activations(self, batch: np.ndarray) -> tuple[np.ndarray, dict]:
+        """uint8 (B, 28, 28) -> (probabilities (B, 10), {layer in LAYERS: (B, ...) CPU tensors}), the maps as
+        insight.explain.activations gives them (conv1 and conv2 after their ReLU)."""
+        from mnist_cnn.insight.explain import activations
+
+        acts = activations(self.model, self._normalize(batch))  # {layer: (B, ...)}
+        return acts["probs"].float().cpu().numpy(), {k: acts[k].cpu() for k in LAYERS}
 
 
 class OnnxBackend:

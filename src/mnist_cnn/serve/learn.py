@@ -10,7 +10,7 @@ output-size arithmetic of a network the learner configures.
     GET  /api/shapes         ?kernel_size=&pool_kernel=&pool_stride=&c1=&c2=&fc_units= -> `mnist-cnn summary`'s
                              table for that network, or 422 saying why it cannot work
 
-Explain and teach run in the server's worker threads (app.Workers: at most --decoders jobs at once, shared with
+Explain and teach run in the server's worker threads (app.WorkPool: at most --decoders jobs at once, shared with
 upload decoding), never in an unbounded pool, so a flood of them cannot take the CPU from /api/predict.
 
 A teaching session is a cookie naming a private copy of the model, its optimizer and its accumulated gradients.
@@ -171,8 +171,8 @@ def _image(pixels, model: Net) -> torch.Tensor:
 async def explain(body: ExplainIn, request: Request):
     model = request.app.state.engine.model
     x = _image(body.pixels, model)
-    try:  # in the server's worker threads, bounded with upload decoding (app.Workers)
-        return await request.app.state.workers.run(request, explain_unit, model, x,
+    try:  # in the server's worker threads, bounded with upload decoding (app.WorkPool)
+        return await request.app.state.work_pool.run(request, explain_unit, model, x,
                                                    body.unit.model_dump(exclude_none=True))
     except UnitError as e:
         raise HTTPException(422, str(e)) from None
@@ -189,7 +189,7 @@ async def teach(body: TeachIn, request: Request, response: Response):
         with s.lock:  # one step at a time per session; other sessions run in parallel
             return sid, teach_step(s, x, body.label, body.zero_grad, body.train_mode, body.lr)
 
-    sid, out = await request.app.state.workers.run(request, step)  # bounded with upload decoding (app.Workers)
+    sid, out = await request.app.state.work_pool.run(request, step)  # bounded with upload decoding (app.WorkPool)
     response.set_cookie(COOKIE, sid, httponly=True, samesite="strict", max_age=int(IDLE_SECONDS))
     return out
 

@@ -22,12 +22,18 @@
   // ---------------------------------------------------------------------------------------------------------------
   // numpy's linear percentile: a scalar q computes in float32, a list of q in float64
 
-  function sorted(values) {  // ascending, negatives taken as 0 (every array sorted here is >= 0 or clipped at 0)
-    const n = values.length, out = new Float32Array(n);  // mostly exact zeros (paper): only the ink is sorted
+  function sorted(values) {  // ascending; mostly exact zeros (a canvas's paper): only the non-zero values are sorted
+    const n = values.length, neg = [], out = new Float32Array(n);
     let k = 0;
-    for (let i = 0; i < n; i++) if (values[i] > 0) out[k++] = values[i];
+    for (let i = 0; i < n; i++) {
+      const v = values[i];
+      if (v > 0) out[k++] = v;
+      else if (v < 0) neg.push(v);
+    }
     out.subarray(0, k).sort();
-    return out.copyWithin(n - k, 0, k).fill(0, 0, n - k);
+    out.copyWithin(n - k, 0, k).fill(0, 0, n - k);
+    out.set(Float32Array.from(neg).sort(), 0);  // the negatives (paper under its own level) first, zeros between
+    return out;
   }
 
   function percentile(s, q, float32) {  // s: sorted Float32Array
@@ -135,31 +141,27 @@
   }
 
   function flattenToGray(rgba, w, h) {  // flatten_transparency + to_grayscale for an RGBA image
-    const n = w * h;
+    const n = w * h, luma = luminance(rgba, n, 4);  // Pillow's RGBA -> LA keeps alpha and takes this L
     let opaque = true;
     for (let i = 0; i < n; i++) if (rgba[4 * i + 3] !== 255) { opaque = false; break; }
-    if (opaque) return image(h, w, luminance(rgba, n, 4));
-    const rgb = new Uint8Array(n * 3);
-    const a = (i) => f(rgba[4 * i + 3] / 255.0), ch = (i, c) => f(rgba[4 * i + c] / 255.0);
+    if (opaque) return image(h, w, luma);
+    const alpha = new Float32Array(n);
     let weight = 0, inked = 0;
     for (let i = 0; i < n; i++) {
-      const luma = f(f(f(ch(i, 0) * f(0.299)) + f(ch(i, 1) * f(0.587))) + f(ch(i, 2) * f(0.114)));
-      weight += a(i);
-      inked += luma * a(i);
+      alpha[i] = f(rgba[4 * i + 3] / 255.0);
+      weight += alpha[i];
+      inked += f(luma[i] * alpha[i]);
     }
     const inkLuma = weight > 0 ? inked / weight : 0.0;
     let bg = weight / n < 0.5 ? 1.0 - inkLuma : inkLuma;
     bg = bg >= 0.5 ? 1.0 : 0.0;
-    for (let i = 0; i < n; i++) {
-      for (let c = 0; c < 3; c++) {
-        const v = f(f(ch(i, c) * a(i)) + f(f(bg) * f(1.0 - a(i))));
-        rgb[3 * i + c] = roundHalfEven(f(v * 255));
-      }
+    const grey = new Float32Array(n);
+    for (let i = 0; i < n; i++) {  // grey = luma * alpha + bg * (1 - alpha), in float32, to 8 bits and back
+      const v = f(f(luma[i] * alpha[i]) + f(bg * f(1.0 - alpha[i])));
+      grey[i] = f(pyRound(f(v * 255)) / 255.0);
     }
-    return image(h, w, luminance(rgb, n, 3));
+    return image(h, w, grey);
   }
-
-  function roundHalfEven(x) { return pyRound(x); }
 
   function whiteOnBlack(x) {
     const { h, w, d } = x, border = [];
@@ -211,16 +213,19 @@
     return out;
   }
 
+  // preprocess.py's INK_SIGMAS, MIN_CONTRAST, MIN_INK_PIXELS, MIN_INK_SHARE: what counts as ink
+  const INK_SIGMAS = 7.0, MIN_CONTRAST = 0.08, MIN_INK_PIXELS = 4, MIN_INK_SHARE = 2e-4;
+
   function removeBackground(x) {
     const { h, w } = x, bg = tileBackground(x), d = new Float32Array(h * w);
     for (let i = 0; i < d.length; i++) d[i] = f(x.d[i] - bg[i]);
-    const s = sorted(d);  // = sorted(np.clip(d, 0, None))
+    const s = sorted(d);  // paper under its own level (negative) counts for the noise too
     const noise = (percentile(s, 30, false) - percentile(s, 10, false)) / 0.757;
-    const floor = f(4.0 * noise), ink = new Float32Array(d.length);
+    const floor = f(Math.max(INK_SIGMAS * noise, MIN_CONTRAST)), ink = new Float32Array(d.length);
     let k = 0;
     for (let i = 0; i < d.length; i++) if (d[i] > floor) ink[k++] = d[i];
-    const top = k ? percentile(sorted(ink.subarray(0, k)), 99, true) : 0.0;
-    if (top < 0.08) return image(h, w);
+    if (k < Math.max(MIN_INK_PIXELS, d.length * MIN_INK_SHARE)) return image(h, w);  // one colour, or grain only
+    const top = percentile(sorted(ink.subarray(0, k)), 99, true);
     const cut = Math.max(4.0 * noise, Math.min(h, w) > 64 ? 0.15 * top : 0.0);
     const cut32 = f(cut), range32 = f(top - cut);
     for (let i = 0; i < d.length; i++) d[i] = Math.min(Math.max(f(f(d[i] - cut32) / range32), 0.0), 1.0);
