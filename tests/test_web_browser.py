@@ -36,6 +36,8 @@ def open_page(browser, base, width, height):
     problems, outside = [], []
     page.on("console", lambda m: m.type == "error" and problems.append(m.text))
     page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("response", lambda r: r.status >= 400 and problems.append(f"{r.status} {r.request.method} {r.url}: "
+                                                                      f"{r.text()[:200]}"))
     page.on("request", lambda r: r.url.startswith(base) or outside.append(r.url))
     page.goto(base + "/")
     page.wait_for_function("document.getElementById('model-line').textContent.includes('parameters')")

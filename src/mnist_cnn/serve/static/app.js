@@ -55,7 +55,7 @@ async function predictPad() {
   inFlight = true;
   try {
     const version = pad.version, number = $("number-mode").checked;
-    const request = number ? padUpload() : padPixels();
+    const request = number ? await padUpload() : padPixels();
     const r = request && await ask(request, version);
     if (r && number) drawBoxes(r.digits || []);  // boxes are in the pad's pixels
   } finally {
@@ -75,7 +75,13 @@ function padPixels() {  // the pad -> its 28x28 digit, here -> POST {pixels: 784
   return postPixels(Array.from(pixels));
 }
 
-async function padUpload() {  // the pad as a PNG, preprocessed (and cut into digits) by the server
+async function padUpload() {  // the pad as a PNG, preprocessed (and cut into digits) by the server; null: no ink yet
+  try {  // the same ink test the server runs, here, so a first dot that is too little ink asks nothing
+    mnistPreprocess.toMnist(pad.pixels(), pad.canvas.width, pad.canvas.height);
+  } catch (e) {
+    say(e.message);
+    return null;
+  }
   const blob = await new Promise((ok) => pad.canvas.toBlob(ok, "image/png"));
   const form = new FormData();
   form.append("file", blob, "drawing.png");
