@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
+
+from serve_load import start_server  # bench/serve_load.py: serve on a free port, wait for /healthz
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -63,28 +61,6 @@ HOOK = """() => {
 def fail(msg: str):
     print(f"page_latency: {msg}", file=sys.stderr)
     sys.exit(2)
-
-
-def start_server(model: str, data_dir: str, log) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "mnist_cnn", "serve", "--model", model, "--port", str(port),
-                             "--data-dir", data_dir], stdout=log, stderr=subprocess.STDOUT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            fail(f"the server exited ({proc.returncode}); see {log.name}")
-        try:
-            with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return proc, base
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    fail("the server did not answer /healthz within 120 s")
 
 
 def strokes(page, n: int) -> list[dict]:
@@ -125,7 +101,7 @@ def main(argv=None):
     from mnist_cnn.perf.results import model_hashes, write_results
 
     with tempfile.NamedTemporaryFile("w", prefix="page_latency-", suffix=".log", delete=False) as log:
-        proc, base = start_server(args.model, args.data_dir, log)
+        proc, base = start_server(args.model, args.data_dir, [], log)
         try:
             load_before = os.getloadavg()[0]
             with sync_playwright() as p:
