@@ -57,9 +57,10 @@ def draw_seven(page):
 
 def shown(page) -> tuple[str, list[float], list[str]]:
     """The predicted digit, the 10 probabilities behind the bars, and the bars' widths as drawn."""
-    digit = page.locator("#digit").inner_text()
-    probs = [float(page.locator(f"#p{d}").get_attribute("data-p")) for d in range(10)]
-    widths = page.eval_on_selector_all(".bar-fill", "els => els.map(e => e.style.width)")
+    # one read of the whole page: answers keep landing after a stroke, and ten separate reads could mix two of them
+    digit, probs, widths = page.evaluate("""() => [document.getElementById('digit').innerText,
+        [...Array(10).keys()].map(d => parseFloat(document.getElementById('p' + d).dataset.p)),
+        [...document.querySelectorAll('.bar-fill')].map(e => e.style.width)]""")
     return digit, probs, widths
 
 
