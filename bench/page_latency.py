@@ -29,34 +29,65 @@ from serve_load import start_server  # bench/serve_load.py: serve on a free port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-PARTS = ("answered_ms", "frame_ms", "preprocess_ms", "request_ms", "after_response_ms")
+PARTS = ("answered_ms", "frame_ms", "ink_answered_ms", "preprocess_ms", "request_ms", "after_response_ms",
+         "headers_ms", "render_ms", "sent_after_up_ms")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
-# runs in the page: a capture listener times each pointerup to the first answer that includes it
+# runs in the page: capture listeners time each stroke's last ink change and its pointerup; the first answer that
+# includes the whole stroke ends it. Each request is followed from the pad version it was made from (fetch,
+# Response.json and render wrapped): its toMnist time, send, headers, JSON parsed, render, so the parts below belong
+# to the answered request itself. An answer already on screen at pointerup counts 0 ms from the pointerup.
 HOOK = """() => {
   window.__lat = [];
-  performance.setResourceTimingBufferSize(100000);
-  const pad = document.getElementById('pad');
-  let pending = null, pre = 0;
+  const reqs = new Map();  // pad version -> {pre, sent, headers, parsed, render, shown}
+  let pending = null, pre = 0, inked = 0;
   const toMnist = mnistPreprocess.toMnist;  // timed: the page's share of each request
   mnistPreprocess.toMnist = (...a) => { const t = performance.now(); const r = toMnist(...a);
                                         pre = performance.now() - t; return r; };
-  pad.addEventListener('pointerup', () => {
-    pending = { t0: performance.now(), want: +(document.body.dataset.inkVersion || 0) };
+  const fetch0 = window.fetch, json0 = Response.prototype.json;
+  window.fetch = (url, opts) => {
+    if (!String(url).includes('/api/predict')) return fetch0(url, opts);
+    const r = { pre, sent: performance.now() };
+    reqs.set(pad.version, r);
+    return fetch0(url, opts).then((res) => { r.headers = performance.now(); res.__timing = r; return res; });
+  };
+  Response.prototype.json = function () {
+    const r = this.__timing;
+    return json0.call(this).then((body) => { if (r) r.parsed = performance.now(); return body; });
+  };
+  const render0 = window.render;
+  window.render = (...a) => {
+    const t = performance.now(), out = render0(...a), r = reqs.get(a[1]);
+    if (r && !r.shown) { r.shown = performance.now(); r.render = r.shown - t; }
+    return out;
+  };
+  const pad_ = document.getElementById('pad');
+  for (const ev of ['pointerdown', 'pointermove']) pad_.addEventListener(ev, () => { inked = performance.now(); }, true);
+  const record = (p, r, t1) => requestAnimationFrame(() => window.__lat.push({
+      answered_ms: Math.max(0, t1 - p.t0), frame_ms: performance.now() - p.t0, ink_answered_ms: t1 - p.inked,
+      preprocess_ms: r.pre, request_ms: r.parsed - r.sent, after_response_ms: t1 - r.parsed,
+      headers_ms: r.headers - r.sent, render_ms: r.render, sent_after_up_ms: r.sent - p.t0,
+      before_up: t1 <= p.t0 }));
+  pad_.addEventListener('pointerup', () => {
+    const p = { t0: performance.now(), inked, want: +(document.body.dataset.inkVersion || 0) };
+    const shown = +(document.body.dataset.shownVersion || 0);
+    if (shown >= p.want) record(p, reqs.get(shown) || {}, (reqs.get(shown) || {}).shown);  // answered already
+    else pending = p;
   }, true);
   document.addEventListener('mnist:result', () => {
-    if (!pending || +(document.body.dataset.shownVersion || 0) < pending.want) return;
-    const p = pending, t1 = performance.now();
+    const shown = +(document.body.dataset.shownVersion || 0);
+    if (!pending || shown < pending.want) return;
+    const p = pending, r = reqs.get(shown) || {};
     pending = null;
-    const req = performance.getEntriesByType('resource').filter((e) => e.name.includes('/api/predict')).pop();
-    requestAnimationFrame(() => window.__lat.push({
-      answered_ms: t1 - p.t0, frame_ms: performance.now() - p.t0, preprocess_ms: pre,
-      request_ms: req.responseEnd - req.startTime, after_response_ms: t1 - req.responseEnd }));
+    record(p, r, performance.now());
   });
 }"""
-# what each figure is: the page's preprocessing of the answered drawing, its request from send to the last byte
-# (server and loopback), and JSON parsing plus painting after the response
+# what each figure is: pointerup (or the stroke's last ink change: ink_answered_ms) to the answer; for the request
+# whose answer counts: the page's preprocessing of its drawing, the request from send to its JSON parsed (server,
+# loopback, parse), of which send to headers, after that until answered (painting), of which inside render(), and
+# when it was sent after the pointerup (negative: during the stroke; positive: it waited for an answer in flight)
+
 
 def fail(msg: str):
     print(f"page_latency: {msg}", file=sys.stderr)
@@ -118,12 +149,14 @@ def main(argv=None):
         finally:
             proc.send_signal(2)
             proc.wait(timeout=15)
-    out = {key: summary([t[key] for t in timed]) for key in PARTS}
+    out = {key: summary([t[key] for t in timed if t.get(key) is not None and t[key] == t[key]]) for key in PARTS}
     out.update({
+           "answered_before_up": sum(t["before_up"] for t in timed),
            "per_stroke": timed, "load_average_1min": {"before": load_before, "after": load_after},
            "models_sha256": model_hashes([args.model]), "frame_budget_ms": round(1000 / 60, 1)})
     path = write_results(args.results, "page_latency", out, n=len(timed), n_is="strokes timed")
-    print(f"{len(timed)} strokes, load {load_before:.2f} -> {load_after:.2f}")
+    print(f"{len(timed)} strokes, load {load_before:.2f} -> {load_after:.2f}; "
+          f"{out['answered_before_up']} answered before the pointer went up")
     for key in PARTS:
         print(f"  {key:18s} median {out[key]['median']:7.2f}  p90 {out[key]['p90']:7.2f}  "
               f"(min {out[key]['min']:.2f}, max {out[key]['max']:.2f})")

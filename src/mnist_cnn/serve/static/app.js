@@ -4,7 +4,8 @@
 // Fast path, one stroke to the next: the pad is reduced to the 28x28 digit here (preprocess.js, the server's
 // to_mnist ported step for step, shared with `export --web`) and only those 784 pixels go to the server; the
 // feature maps come back as 8-bit base64. No debounce: a request goes out as soon as the pad changes and none is
-// in flight; while one is, the latest drawing waits and goes next (at most one in flight, the latest wins).
+// in flight; while one is, the latest drawing waits and goes next (the latest wins). When the stroke ends, its
+// drawing goes at once even beside a request in flight, whose older answer is then dropped.
 // Number mode uploads the pad as a PNG: cutting a number into digits is the server's (predict/segment.py).
 "use strict";
 
@@ -15,10 +16,11 @@ const LAYERS = [               // [name, caption, css pixels per feature-map pix
 
 let classes = [...Array(10).keys()].map(String);  // class k's name, from /api/model
 let digits = true;             // the model reads digits: drawing makes sense (else: pick a test image)
-let inFlight = false, dirty = false;
+let inFlight = 0, dirty = false;  // requests in flight (at most 2: see predictPad); a newer drawing waits
+let asked = 0;                 // the pad's version the latest request was made from
 let clearedAt = 0;             // the pad's version at the last clear: an answer to an older drawing is dropped
 
-const pad = drawPad($("pad"), { width: () => +$("width").value, changed: drawn, ended: drawn });
+const pad = drawPad($("pad"), { width: () => +$("width").value, changed: drawn, ended: () => predictPad(true) });
 const boxes = $("boxes"), bctx = boxes.getContext("2d");
 
 function drawn() { $("truth").textContent = ""; predictPad(); }
@@ -46,21 +48,29 @@ $("number-mode").addEventListener("change", () => {
 });
 
 // ---------------------------------------------------------------------------------------------------------------
-// asking the server: at most one request in flight, the latest drawing always wins
+// asking the server: one request in flight while drawing (two at a stroke's end), the latest drawing wins
 
-async function predictPad() {
+async function predictPad(final = false) {
   if (!pad.inked) { document.body.dataset.busy = "0"; return; }  // a cleared pad asks nothing
+  if (pad.version === asked) {  // this very drawing is asked about already (a stroke's end changes no ink)
+    if (!inFlight) document.body.dataset.busy = "0";
+    return;
+  }
   document.body.dataset.busy = "1";  // for tests: an answer is still coming
-  if (inFlight) { dirty = true; return; }
-  inFlight = true;
+  // one request at a time while drawing; at the stroke's end the last drawing goes at once, beside an answer in
+  // flight for an older one (that answer is then dropped: no waiting for a drawing that is already gone)
+  if (inFlight && !final) { dirty = true; return; }
+  dirty = false;
+  inFlight++;
   try {
-    const version = pad.version, number = $("number-mode").checked;
+    const version = asked = pad.version, number = $("number-mode").checked;
     const request = number ? await padUpload() : padPixels();
     const r = request && await ask(request, version);
     if (r && number) drawBoxes(r.digits || []);  // boxes are in the pad's pixels
   } finally {
-    inFlight = false;
-    if (dirty) { dirty = false; predictPad(); } else if (!pad.drawing) document.body.dataset.busy = "0";
+    inFlight--;
+    if (dirty && !inFlight) { dirty = false; predictPad(); }
+    else if (!inFlight && !pad.drawing) document.body.dataset.busy = "0";
   }
 }
 
@@ -102,6 +112,7 @@ async function ask(request, version = pad.version) {
   }
   const body = await res.json().catch(() => ({}));
   if (version < clearedAt) return;  // the pad was cleared while this was in flight: its answer is stale
+  if (version < asked) return;  // a newer drawing is asked about already (predictPad): this answer is stale
   if (!res.ok) return say(`${res.status}: ${body.detail || res.statusText}`);
   render(body, version);
   return body;
