@@ -48,6 +48,23 @@
     return g >= 0.5 ? b - d * (1 - g) : a + d * g;
   }
 
+  function percentilesOf(values, qs, float32) {  // qs.map((q) => percentile(sorted(values), q, float32)), without
+    const n = values.length;                      // the sort when every value read is a zero (mostly paper: usual)
+    let neg = 0, zero = 0;
+    for (let i = 0; i < n; i++) {
+      const v = values[i];
+      if (v < 0) neg++;
+      else if (!(v > 0)) zero++;  // as sorted() counts it: zeros (and NaN) between the negatives and the positives
+    }
+    const inZeros = (q) => {  // percentile() reads s[prev] and s[prev + 1]: both zeros -> it gives 0
+      const vi = (n - 1) * (q / 100), prev = Math.floor(vi);
+      return vi < n - 1 && prev >= neg && prev + 1 < neg + zero;
+    };
+    if (qs.every(inZeros)) return qs.map(() => 0);
+    const s = sorted(values);
+    return qs.map((q) => percentile(s, q, float32));
+  }
+
   function median(values) {  // np.median of float32 values
     const s = Float32Array.from(values).sort(), n = s.length, m = n >> 1;
     return n % 2 ? s[m] : f(f(s[m - 1] + s[m]) / 2);
@@ -186,10 +203,12 @@
         const tile = new Float32Array((ys[i + 1] - ys[i]) * (xs[j + 1] - xs[j]));
         let k = 0;
         for (let r = ys[i]; r < ys[i + 1]; r++) for (let c = xs[j]; c < xs[j + 1]; c++) tile[k++] = d[r * w + c];
-        grid[i].push(percentile(sorted(tile), 30, true));
+        grid[i].push(percentilesOf(tile, [30], true)[0]);
       }
     }
-    if (t === 1) return new Float32Array(h * w).fill(grid[0][0]);
+    if (t === 1 || grid.every((row) => row.every((v) => v === grid[0][0]))) {  // one level: the interpolation
+      return new Float32Array(h * w).fill(grid[0][0]);                          // below gives it everywhere
+    }
     const at = (i, j) => grid[Math.min(Math.max(i, 0), t - 1)][Math.min(Math.max(j, 0), t - 1)];
     grid = grid.map((row, i) => row.map((_, j) => {
       let m = Infinity;
@@ -219,8 +238,8 @@
   function removeBackground(x) {
     const { h, w } = x, bg = tileBackground(x), d = new Float32Array(h * w);
     for (let i = 0; i < d.length; i++) d[i] = f(x.d[i] - bg[i]);
-    const s = sorted(d);  // paper under its own level (negative) counts for the noise too
-    const noise = (percentile(s, 30, false) - percentile(s, 10, false)) / 0.757;
+    const [p30, p10] = percentilesOf(d, [30, 10], false);  // paper under its own level (negative) counts too
+    const noise = (p30 - p10) / 0.757;
     const floor = f(Math.max(INK_SIGMAS * noise, MIN_CONTRAST)), ink = new Float32Array(d.length);
     let k = 0;
     for (let i = 0; i < d.length; i++) if (d[i] > floor) ink[k++] = d[i];
@@ -256,12 +275,18 @@
     };
     const [r0, r1] = span(rows, h), [c0, c1] = span(cols, w);
     const y = crop(x, r0, r1, c0, c1);
-    const any = (n, m, at) => Array.from({ length: n }, (_, i) => i).filter((i) => {
-      for (let k = 0; k < m; k++) if (at(i, k) !== 0) return true;
-      return false;
-    });
-    const rs = any(y.h, y.w, (r, c) => y.d[r * y.w + c]), cs = any(y.w, y.h, (c, r) => y.d[r * y.w + c]);
-    return crop(y, rs[0], rs[rs.length - 1] + 1, cs[0], cs[cs.length - 1] + 1);
+    let top = y.h, bottom = -1, left = y.w, right = -1;  // the first and last rows and columns with a non-zero
+    for (let r = 0; r < y.h; r++) {
+      for (let c = 0; c < y.w; c++) {
+        if (y.d[r * y.w + c] !== 0) {
+          if (r < top) top = r;
+          bottom = r;
+          if (c < left) left = c;
+          if (c > right) right = c;
+        }
+      }
+    }
+    return crop(y, top, bottom + 1, left, right + 1);
   }
 
   function thickenStrokes(x, target = 2.0) {
