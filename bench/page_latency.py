@@ -63,7 +63,8 @@ HOOK = """() => {
     return out;
   };
   const pad_ = document.getElementById('pad');
-  for (const ev of ['pointerdown', 'pointermove']) pad_.addEventListener(ev, () => { inked = performance.now(); }, true);
+  for (const ev of ['pointerdown', 'pointermove']) pad_.addEventListener(ev, () => { inked = performance.now(); },
+                                                                      true);
   const record = (p, r, t1) => requestAnimationFrame(() => window.__lat.push({
       answered_ms: Math.max(0, t1 - p.t0), frame_ms: performance.now() - p.t0, ink_answered_ms: t1 - p.inked,
       preprocess_ms: r.pre, request_ms: r.parsed - r.sent, after_response_ms: t1 - r.parsed,

@@ -95,6 +95,25 @@ def test_predict_with_activations(client):
             assert data.max() == 255  # every layer has some active unit for a drawn 7, scaled to its maximum
 
 
+def test_feature_maps_are_the_models_own_scaled_to_8_bits(client, app, mnist):
+    """Each map as sent is the model's activation (after ReLU) / the map's maximum * 255, rounded half to even:
+    recomputed here with torch from the model's own layers, byte for byte."""
+    model = app.state.engine.model
+    for i in range(3):
+        pixels = mnist.test_images[i]
+        out = client.post("/api/predict?activations=true", json={"pixels": pixels.tolist()}).json()["activations"]
+        with torch.no_grad():
+            trace = {}
+            model(normalize(pixels[None]), trace)
+        for name, act in (("conv1", trace["conv1"].relu()), ("pool1", trace["pool1"]),
+                          ("conv2", trace["conv2"].relu()), ("pool2", trace["pool2"]), ("fc1", trace["fc1"])):
+            flat = act[0].float().clamp_min(0).reshape(len(act[0]) if act.dim() == 4 else 1, -1)
+            peak = flat.amax(dim=1, keepdim=True)
+            want = (flat / peak.clamp_min(1e-12) * 255).round().to(torch.uint8).numpy().tobytes()
+            assert base64.b64decode(out[name]["data"]) == want, name
+            assert out[name]["max"] == [round(v, 4) for v in peak.flatten().tolist()], name
+
+
 def test_predict_upload_like_a_photo(client, mnist):
     """A test digit as a user would photograph it: dark ink on white, 4x larger, off-centre, as PNG."""
     digit = mnist.test_images[0].numpy()  # a 7
