@@ -259,14 +259,17 @@ function decode(b64) {
   return a;
 }
 
-const scratch = {};  // one ImageData per map size, reused for every map of that size
+const scratch = {};  // one ImageData per map size (and its pixels as 32-bit words), reused for every such map
 
-function paintMap(canvas, data, offset, w, h, gain) {
-  const c = sized(canvas, w, h), key = w + "x" + h;
-  const img = scratch[key] || (scratch[key] = c.createImageData(w, h));
-  const px = new Uint32Array(img.data.buffer);
+function paintMap(canvas, data, offset, w, h, gain, ctx = sized(canvas, w, h)) {
+  const key = w + "x" + h;
+  if (!scratch[key]) {
+    const img = ctx.createImageData(w, h);
+    scratch[key] = { img, px: new Uint32Array(img.data.buffer) };
+  }
+  const { img, px } = scratch[key];
   for (let i = 0; i < w * h; i++) px[i] = CMAP[Math.round(data[offset + i] * gain)];
-  c.putImageData(img, 0, 0);
+  ctx.putImageData(img, 0, 0);
 }
 
 function layerBlock(id, title, shape) {
@@ -280,22 +283,25 @@ function layerBlock(id, title, shape) {
   return block;
 }
 
-function paintMaps(acts) {
+const shownMax = {};  // layer -> each map's maximum in the answer shown: a map's tooltip, written on hover
+
+function paintMaps(acts) {  // ~193 small canvases, made once; each painted with its context kept from the first time
   for (const [name, title, scale] of LAYERS) {
     const a = acts[name];
     if (!a) continue;
     const [n, h, w] = a.shape, data = decode(a.data), top = Math.max(...a.max) || 1;
     const grid = layerBlock(name, title, a.shape).querySelector(".grid");
+    const ctxs = grid.contexts || (grid.contexts = []);
     while (grid.children.length < n) {
       const c = document.createElement("canvas");
       c.className = "pixelated";
       c.style.width = w * scale + "px"; c.style.height = h * scale + "px";
       grid.appendChild(c);
+      ctxs.push(sized(c, w, h));
     }
-    for (let k = 0; k < n; k++) {
-      const canvas = grid.children[k];
-      canvas.title = `${name} map ${k}: max ${a.max[k].toFixed(2)}`;
-      paintMap(canvas, data, k * h * w, w, h, Math.sqrt(a.max[k] / top));  // weak maps dimmer, never invisible
+    shownMax[name] = a.max;
+    for (let k = 0; k < n; k++) {  // weak maps dimmer, never invisible
+      paintMap(grid.children[k], data, k * h * w, w, h, Math.sqrt(a.max[k] / top), ctxs[k]);
     }
   }
   const fc = acts.fc1;
@@ -310,6 +316,14 @@ function paintMaps(acts) {
     paintMap(strip, decode(fc.data), 0, fc.shape[0], 1, 1);
   }
 }
+
+$("maps").addEventListener("pointerover", (ev) => {  // a map's tooltip: its layer, index and maximum
+  const canvas = ev.target.closest(".grid canvas"), block = ev.target.closest(".layer");
+  if (!canvas || !block) return;
+  const name = block.id.replace("layer-", ""), k = [...canvas.parentNode.children].indexOf(canvas);
+  const max = (shownMax[name] || [])[k];
+  canvas.title = max === undefined ? "" : `${name} map ${k}: max ${max.toFixed(2)}`;
+});
 
 // ---------------------------------------------------------------------------------------------------------------
 // a test image, an upload: both land on the pad as the 28x28 the network saw
