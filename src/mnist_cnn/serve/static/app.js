@@ -146,7 +146,7 @@ function resetResult() {
   $("truth").textContent = "";
   paintBars(null, -1);
   $("seen").getContext("2d").clearRect(0, 0, 28, 28);
-  $("maps").replaceChildren();
+  $("maps").classList.add("blank");  // hidden, not removed: 193 canvases made again would cost ~25 ms
   document.body.dataset.prediction = "";
   document.body.dataset.isDigit = "";
   document.body.dataset.number = "";
@@ -286,6 +286,7 @@ function layerBlock(id, title, shape) {
 const shownMax = {};  // layer -> each map's maximum in the answer shown: a map's tooltip, written on hover
 
 function paintMaps(acts) {  // ~193 small canvases, made once; each painted with its context kept from the first time
+  $("maps").classList.remove("blank");
   for (const [name, title, scale] of LAYERS) {
     const a = acts[name];
     if (!a) continue;
