@@ -6,9 +6,12 @@ Starts `mnist-cnn serve` on a free loopback port, opens the page in Debian's hea
 draws --strokes strokes with the mouse, one after another, each a short line of 12 moves on a fresh pad (Clear
 between strokes). For each stroke the page itself measures, with performance.now():
 
-    answered_ms   pointerup -> the page has rendered an answer that includes the whole stroke (bars, the 28x28,
-                  every feature map written to its canvas)
-    frame_ms      pointerup -> the next animation frame after that render (when the browser paints it)
+    answered_ms      pointerup -> the page has rendered an answer that includes the whole stroke (bars, the
+                     28x28, every feature map written to its canvas); 0 if that was before the pointerup
+    frame_ms         pointerup -> the next animation frame after that render (when the browser paints it)
+    ink_answered_ms  the stroke's last ink change (its last pointer move) -> that render
+
+and the parts of the answered request (see PARTS below).
 
 "Includes the whole stroke": the page stamps every stroke segment (`data-ink-version` on <body>) and every
 answer with the version it was made from (`data-shown-version`); an answer to an older version does not count.
@@ -36,8 +39,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 
 # runs in the page: capture listeners time each stroke's last ink change and its pointerup; the first answer that
 # includes the whole stroke ends it. Each request is followed from the pad version it was made from (fetch,
-# Response.json and render wrapped): its toMnist time, send, headers, JSON parsed, render, so the parts below belong
-# to the answered request itself. An answer already on screen at pointerup counts 0 ms from the pointerup.
+# Response.json or .arrayBuffer and render wrapped): its toMnist time, send, headers, body read, render, so the
+# parts below belong to the answered request itself. An answer on screen before pointerup counts 0 ms from it.
 HOOK = """() => {
   window.__lat = [];
   const reqs = new Map();  // pad version -> {pre, sent, headers, parsed, render, shown}
@@ -52,10 +55,12 @@ HOOK = """() => {
     reqs.set(pad.version, r);
     return fetch0(url, opts).then((res) => { r.headers = performance.now(); res.__timing = r; return res; });
   };
-  Response.prototype.json = function () {
+  const read = (f0) => function () {  // the body read: JSON parsed, or the bytes of a ?binary=true answer
     const r = this.__timing;
-    return json0.call(this).then((body) => { if (r) r.parsed = performance.now(); return body; });
+    return f0.call(this).then((body) => { if (r) r.parsed = performance.now(); return body; });
   };
+  Response.prototype.json = read(json0);
+  Response.prototype.arrayBuffer = read(Response.prototype.arrayBuffer);
   const render0 = window.render;
   window.render = (...a) => {
     const t = performance.now(), out = render0(...a), r = reqs.get(a[1]);
@@ -85,7 +90,7 @@ HOOK = """() => {
   });
 }"""
 # what each figure is: pointerup (or the stroke's last ink change: ink_answered_ms) to the answer; for the request
-# whose answer counts: the page's preprocessing of its drawing, the request from send to its JSON parsed (server,
+# whose answer counts: the page's preprocessing of its drawing, the request from send to its body read (server,
 # loopback, parse), of which send to headers, after that until answered (painting), of which inside render(), and
 # when it was sent after the pointerup (negative: during the stroke; positive: it waited for an answer in flight)
 

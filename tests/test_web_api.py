@@ -114,6 +114,32 @@ def test_feature_maps_are_the_models_own_scaled_to_8_bits(client, app, mnist):
             assert out[name]["max"] == [round(v, 4) for v in peak.flatten().tolist()], name
 
 
+def test_binary_answer_is_the_json_answer_with_raw_maps(client, mnist):
+    """?binary=true (the page's form): a uint32 length, the JSON answer without the maps' base64, then each layer's
+    bytes; decoded, it is the JSON answer to the same request, maps byte for byte. Errors stay JSON."""
+    for i in range(2):
+        pixels = mnist.test_images[i].tolist()
+        want = client.post("/api/predict?activations=true", json={"pixels": pixels}).json()
+        r = client.post("/api/predict?activations=true&binary=true", json={"pixels": pixels})
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+        n = int.from_bytes(r.content[:4], "little")
+        got, rest = json.loads(r.content[4:4 + n]), r.content[4 + n:]
+        maps = got.pop("activations")
+        assert got == {k: v for k, v in want.items() if k != "activations"}
+        assert list(maps) == list(want["activations"])  # the order the bytes follow
+        for name, layer in maps.items():
+            size = int(np.prod(layer["shape"]))
+            data, rest = rest[:size], rest[size:]
+            assert data == base64.b64decode(want["activations"][name]["data"]), name
+            assert layer == {k: v for k, v in want["activations"][name].items() if k != "data"}
+        assert rest == b""
+    bare = client.post("/api/predict?binary=true", json={"pixels": pixels})  # no maps asked: the JSON head alone
+    assert "activations" not in json.loads(bare.content[4:]) and len(bare.content) == 4 + int.from_bytes(
+        bare.content[:4], "little")
+    bad = client.post("/api/predict?binary=true", json={"pixels": [1, 2]})
+    assert bad.status_code == 422 and "pixels" in bad.json()["detail"]
+
+
 def test_predict_upload_like_a_photo(client, mnist):
     """A test digit as a user would photograph it: dark ink on white, 4x larger, off-centre, as PNG."""
     digit = mnist.test_images[0].numpy()  # a 7

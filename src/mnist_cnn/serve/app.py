@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -73,6 +73,7 @@ STATIC = Path(__file__).resolve().parent / "static"
 PAGE = Path(__file__).resolve().parents[1] / "ship" / "page"  # the static page's folder (`export --web`)
 SHARED_JS = ("draw.js", "preprocess.js")  # from PAGE, served as /static/NAME too: one copy for both pages
 MAX_SAMPLES = 64  # /api/samples: at most this many test images per request
+BINARY = "application/octet-stream"  # /api/predict?binary=true: JSON head + the maps' bytes (binary_answer)
 
 
 class Busy(Exception):
@@ -237,17 +238,37 @@ def model_info(model_path: Path, backend) -> dict:
     }
 
 
-def encode_maps(t) -> dict:  # t: a CPU torch tensor or a numpy array
-    """One layer's activations for the page, 8-bit: (C, H, W) or (N,) -> each map (or the vector) scaled to
-    0..255 by its own maximum. `max` keeps those maxima, so the page can still tell a strong map from a weak one.
-    ~42 kB of base64 for all of conv1..fc1 of the tutorial's network instead of ~300 kB of JSON floats.
-    In numpy, float32 throughout (the same bytes as torch's ops gave, in a third of the time: ~0.25 ms for all)."""
+def quantize_maps(t) -> tuple[dict, bytes]:  # t: a CPU torch tensor or a numpy array
+    """One layer's activations for the page, 8-bit: (C, H, W) or (N,) -> ({shape, max}, C*H*W bytes), each map (or
+    the vector) scaled to 0..255 by its own maximum, row-major. `max` keeps those maxima, so the page can still
+    tell a strong map from a weak one. In numpy, float32 throughout (the same bytes as the torch ops that did it
+    before, in about half the time: ~0.25 ms for the five layers)."""
     a = np.maximum(np.asarray(t, dtype=np.float32), 0)  # every layer sent is after a ReLU
     flat = a.reshape(a.shape[0], -1) if a.ndim == 3 else a.reshape(1, -1)
     peak = flat.max(axis=1, keepdims=True)  # (C, 1)
     q = np.rint(flat / np.maximum(peak, np.float32(1e-12)) * np.float32(255)).astype(np.uint8)  # half to even
-    return {"shape": list(a.shape), "max": [round(v, 4) for v in peak.ravel().tolist()],
-            "data": base64.b64encode(q.tobytes()).decode("ascii")}
+    return {"shape": list(a.shape), "max": [round(v, 4) for v in peak.ravel().tolist()]}, q.tobytes()
+
+
+def encode_maps(t) -> dict:
+    """quantize_maps with the bytes as base64 in "data", for a JSON answer: ~42 kB for all of conv1..fc1 of the
+    tutorial's network instead of ~300 kB of JSON floats."""
+    head, raw = quantize_maps(t)
+    return {**head, "data": base64.b64encode(raw).decode("ascii")}
+
+
+def binary_answer(out: dict, acts: dict | None, headers: dict) -> Response:
+    """?binary=true: the JSON answer without the maps' base64, then the maps' bytes. Layout: a little-endian uint32
+    N, N bytes of UTF-8 JSON (`activations`, when asked, holds each layer's shape and max, no "data"), then each
+    layer's bytes in `activations`' order, prod(shape) bytes each. ~25% smaller than JSON and nothing to decode."""
+    raw = []
+    if acts is not None:
+        out["activations"] = {}
+        for name in LAYERS:
+            out["activations"][name], data = quantize_maps(acts[name])
+            raw.append(data)
+    head = json.dumps(out, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    return Response(b"".join([len(head).to_bytes(4, "little"), head, *raw]), media_type=BINARY, headers=headers)
 
 
 # -----------------------------------------------------------------------------
@@ -478,6 +499,10 @@ PREDICT_BODY = {
 }
 
 
+BINARY_OUT = {BINARY: {"schema": {"type": "string", "format": "binary",
+                                  "description": "with ?binary=true: the answer laid out as that parameter says"}}}
+
+
 def create_app(model_path: str | Path = "mnist_cnn_model.pth", data_dir: str | Path = "data",
                dataset: str | None = None, limits: Limits = Limits(), local_hosts=None, backend=None):
     """The FastAPI app. Loads the model (unless a backend is given: predict.backend.load_backend picks it by the
@@ -580,12 +605,16 @@ def add_predict_route(api: FastAPI, engine: Engine, limits: Limits):
         return await pool.run(request, image_from_upload, raw, limits)
 
     @api.post("/api/predict", summary="classify a digit", response_model=None, openapi_extra=PREDICT_BODY,
-              responses={200: {"model": PredictOut}, 400: {"description": "not an image, blank, unreadable JSON"},
+              responses={200: {"model": PredictOut, "content": BINARY_OUT},
+                         400: {"description": "not an image, blank, unreadable JSON"},
                          413: {"description": "body over --max-body"}, 415: {"description": "unsupported "
                                                                                            "Content-Type"},
                          422: {"description": "pixels of the wrong shape, type or range"},
                          503: {"description": "too many requests waiting for the model"}})
-    async def predict(request: Request, activations: bool = Query(False, description="also return feature maps")):
+    async def predict(request: Request, activations: bool = Query(False, description="also return feature maps"),
+                      binary: bool = Query(False, description="answer as application/octet-stream: a little-endian "
+                                           "uint32 N, N bytes of the JSON answer without the maps' `data`, then each "
+                                           "layer's maps as raw uint8 (the page's form; errors stay JSON)")):
         image, activations = await read_image(request, activations, decode)
         image, parts = image if isinstance(image, tuple) else (image, [])  # an upload: (digit, number's digits)
         if await request.is_disconnected():
@@ -603,6 +632,8 @@ def add_predict_route(api: FastAPI, engine: Engine, limits: Limits):
         part_probs = [temper(np.asarray(q), trust["temperature"]).tolist() for q in part_probs]
         p = reading(trust, probs, image, parts or [(None, image)], part_probs, engine.backend.classes)
         out = {**p.to_json(), "trust": trust["note"], "input_28x28": image.tolist()}
+        if binary:
+            return binary_answer(out, acts, {"X-Batch-Size": str(batch)})
         if acts is not None:
             out["activations"] = {name: encode_maps(acts[name]) for name in LAYERS}
         return JSONResponse(out, headers={"X-Batch-Size": str(batch)})

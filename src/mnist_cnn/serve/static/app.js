@@ -3,9 +3,9 @@
 //
 // Fast path, one stroke to the next: the pad is reduced to the 28x28 digit here (preprocess.js, the server's
 // to_mnist ported step for step, shared with `export --web`) and only those 784 pixels go to the server; the
-// feature maps come back as 8-bit base64. No debounce: a request goes out as soon as the pad changes and none is
-// in flight; while one is, the latest drawing waits and goes next (the latest wins). When the stroke ends, its
-// drawing goes at once even beside a request in flight, whose older answer is then dropped.
+// feature maps come back as raw 8-bit bytes after the JSON (?binary=true). No debounce: a request goes out as soon
+// as the pad changes and none is in flight; while one is, the latest drawing waits and goes next (the latest wins).
+// When the stroke ends, its drawing goes at once even beside a request in flight, whose older answer is dropped.
 // Number mode uploads the pad as a PNG: cutting a number into digits is the server's (predict/segment.py).
 "use strict";
 
@@ -13,6 +13,8 @@ const $ = (id) => document.getElementById(id);
 const LAYERS = [               // [name, caption, css pixels per feature-map pixel]
   ["conv1", "conv1 + ReLU", 2], ["pool1", "max-pool", 3], ["conv2", "conv2 + ReLU", 3], ["pool2", "max-pool", 5],
 ];
+
+const PREDICT = "/api/predict?activations=true&binary=true";  // the answer with its maps as raw bytes (readAnswer)
 
 let classes = [...Array(10).keys()].map(String);  // class k's name, from /api/model
 let digits = true;             // the model reads digits: drawing makes sense (else: pick a test image)
@@ -95,12 +97,31 @@ async function padUpload() {  // the pad as a PNG, preprocessed (and cut into di
   const blob = await new Promise((ok) => pad.canvas.toBlob(ok, "image/png"));
   const form = new FormData();
   form.append("file", blob, "drawing.png");
-  return fetch("/api/predict?activations=true", { method: "POST", body: form });
+  return fetch(PREDICT, { method: "POST", body: form });
 }
 
 function postPixels(pixels) {
-  return fetch("/api/predict?activations=true", {
+  return fetch(PREDICT, {
     method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ pixels }) });
+}
+
+// an answer -> the JSON object, each layer's maps as a Uint8Array in `data`: from ?binary=true's layout (a uint32
+// N, N bytes of JSON, then each layer's bytes in order), or from plain JSON (an error; base64 maps decoded)
+async function readAnswer(res) {
+  if (res.headers.get("content-type") !== "application/octet-stream") {
+    const body = await res.json();
+    for (const a of Object.values(body.activations || {})) a.data = decode(a.data);
+    return body;
+  }
+  const buf = await res.arrayBuffer(), n = new DataView(buf).getUint32(0, true);
+  const body = JSON.parse(new TextDecoder().decode(new Uint8Array(buf, 4, n)));
+  let at = 4 + n;
+  for (const a of Object.values(body.activations || {})) {
+    const size = a.shape.reduce((x, y) => x * y, 1);
+    a.data = new Uint8Array(buf, at, size);
+    at += size;
+  }
+  return body;
 }
 
 async function ask(request, version = pad.version) {
@@ -110,7 +131,7 @@ async function ask(request, version = pad.version) {
   } catch (e) {
     return say("The server is not answering: " + e.message);
   }
-  const body = await res.json().catch(() => ({}));
+  const body = await readAnswer(res).catch(() => ({}));
   if (version < clearedAt) return;  // the pad was cleared while this was in flight: its answer is stale
   if (version < asked) return;  // a newer drawing is asked about already (predictPad): this answer is stale
   if (!res.ok) return say(`${res.status}: ${body.detail || res.statusText}`);
@@ -290,7 +311,7 @@ function paintMaps(acts) {  // ~193 small canvases, made once; each painted with
   for (const [name, title, scale] of LAYERS) {
     const a = acts[name];
     if (!a) continue;
-    const [n, h, w] = a.shape, data = decode(a.data), top = Math.max(...a.max) || 1;
+    const [n, h, w] = a.shape, data = a.data, top = Math.max(...a.max) || 1;  // data: bytes (readAnswer)
     const grid = layerBlock(name, title, a.shape).querySelector(".grid");
     const ctxs = grid.contexts || (grid.contexts = []);
     while (grid.children.length < n) {
@@ -314,7 +335,7 @@ function paintMaps(acts) {  // ~193 small canvases, made once; each painted with
       strip.className = "vector pixelated";
       block.querySelector(".grid").replaceWith(strip);
     }
-    paintMap(strip, decode(fc.data), 0, fc.shape[0], 1, 1);
+    paintMap(strip, fc.data, 0, fc.shape[0], 1, 1);
   }
 }
 
@@ -383,7 +404,7 @@ $("upload").addEventListener("change", async () => {
   if (!file) return;
   const form = new FormData();
   form.append("file", file, file.name);
-  const r = await ask(fetch("/api/predict?activations=true", { method: "POST", body: form }));
+  const r = await ask(fetch(PREDICT, { method: "POST", body: form }));
   if (r) { showOnPad(r.input_28x28); $("truth").textContent = `uploaded: ${file.name}`; }
   $("upload").value = "";
 });

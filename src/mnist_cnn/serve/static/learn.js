@@ -196,9 +196,9 @@ function strongest(layer) {  // the brightest unit of a layer in the latest answ
   const a = last && last.activations && last.activations[layer];
   if (!a) return { layer, channel: 0, y: 0, x: 0 };
   const [, h, w] = a.shape, channel = a.max.indexOf(Math.max(...a.max));
-  const data = atob(a.data), off = channel * h * w;
+  const data = a.data, off = channel * h * w;  // bytes (app.js readAnswer)
   let best = 0;
-  for (let i = 1; i < h * w; i++) if (data.charCodeAt(off + i) > data.charCodeAt(off + best)) best = i;
+  for (let i = 1; i < h * w; i++) if (data[off + i] > data[off + best]) best = i;
   return { layer, channel, y: Math.floor(best / w), x: best % w };
 }
 
