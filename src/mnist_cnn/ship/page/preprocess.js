@@ -56,13 +56,14 @@
       if (v < 0) neg++;
       else if (!(v > 0)) zero++;  // as sorted() counts it: zeros (and NaN) between the negatives and the positives
     }
-    const inZeros = (q) => {  // percentile() reads s[prev] and s[prev + 1]: both zeros -> it gives 0
-      const vi = (n - 1) * (q / 100), prev = Math.floor(vi);
-      return vi < n - 1 && prev >= neg && prev + 1 < neg + zero;
-    };
-    if (qs.every(inZeros)) return qs.map(() => 0);
+    if (qs.every((q) => readsZeros(n, neg, zero, q))) return qs.map(() => 0);
     const s = sorted(values);
     return qs.map((q) => percentile(s, q, float32));
+  }
+
+  function readsZeros(n, neg, zero, q) {  // percentile() of n sorted values (neg below zero, then zero zeros) reads
+    const vi = (n - 1) * (q / 100), prev = Math.floor(vi);  // s[prev] and s[prev + 1]: both zeros -> it gives 0
+    return vi < n - 1 && prev >= neg && prev + 1 < neg + zero;
   }
 
   function median(values) {  // np.median of float32 values
@@ -149,10 +150,12 @@
   // ---------------------------------------------------------------------------------------------------------------
   // the steps, in preprocess.py's order
 
+  const LEVELS = Float32Array.from({ length: 256 }, (_, v) => v / 255.0);  // an 8-bit level as float32, v / 255
+
   function luminance(rgb, n, stride) {  // Pillow's RGB -> L, in integers; stride 3 (RGB) or 4 (RGBA, alpha unused)
     const g = new Float32Array(n);
     for (let i = 0, j = 0; i < n; i++, j += stride) {
-      g[i] = f(((rgb[j] * 19595 + rgb[j + 1] * 38470 + rgb[j + 2] * 7471 + 0x8000) >> 16) / 255.0);
+      g[i] = LEVELS[(rgb[j] * 19595 + rgb[j + 1] * 38470 + rgb[j + 2] * 7471 + 0x8000) >> 16];
     }
     return g;
   }
@@ -191,6 +194,23 @@
     return bg > 0.5 ? image(h, w, d.map((v) => f(1.0 - v))) : x;
   }
 
+  function tilePercentile(d, w, r0, r1, c0, c1, q) {  // percentile(sorted(tile), q, true) of d[r0:r1, c0:c1]:
+    const n = (r1 - r0) * (c1 - c0);                    // counted in place, copied out only to be sorted
+    let neg = 0, zero = 0;
+    for (let r = r0; r < r1; r++) {
+      for (let c = c0; c < c1; c++) {
+        const v = d[r * w + c];
+        if (v < 0) neg++;
+        else if (!(v > 0)) zero++;
+      }
+    }
+    if (readsZeros(n, neg, zero, q)) return 0;
+    const tile = new Float32Array(n);
+    let k = 0;
+    for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) tile[k++] = d[r * w + c];
+    return percentile(sorted(tile), q, true);
+  }
+
   function tileBackground(x) {
     const { h, w, d } = x;
     const t = Math.min(Math.max(Math.floor(Math.min(h, w) / 16), 1), 6);
@@ -200,10 +220,7 @@
     for (let i = 0; i < t; i++) {
       grid.push([]);
       for (let j = 0; j < t; j++) {
-        const tile = new Float32Array((ys[i + 1] - ys[i]) * (xs[j + 1] - xs[j]));
-        let k = 0;
-        for (let r = ys[i]; r < ys[i + 1]; r++) for (let c = xs[j]; c < xs[j + 1]; c++) tile[k++] = d[r * w + c];
-        grid[i].push(percentilesOf(tile, [30], true)[0]);
+        grid[i].push(tilePercentile(d, w, ys[i], ys[i + 1], xs[j], xs[j + 1], 30));
       }
     }
     if (t === 1 || grid.every((row) => row.every((v) => v === grid[0][0]))) {  // one level: the interpolation
