@@ -5,7 +5,8 @@
                            -> {prediction, label, best_guess, is_digit, confidence, probabilities[10], number,
                            digits, trust, input_28x28, activations?} (an uploaded row of digits is read digit by
                            digit; "not a digit" needs a calibrated checkpoint, docs/trust.md); header X-Batch-Size:
-                           how many requests shared its forward pass
+                           how many requests shared its forward pass; ?binary=true: the same answer with the maps
+                           as raw bytes after the JSON (binary_answer: what the page asks for)
     GET  /api/model        the loaded model: layer summary (shapes, params, MACs) and its training metrics
     GET  /api/sample       an MNIST test digit (?index=N, else a random one) with its true label
     GET  /api/samples      ?n=N (1..MAX_SAMPLES) random test images of the model's dataset, each with its label

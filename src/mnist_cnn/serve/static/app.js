@@ -18,7 +18,7 @@ const PREDICT = "/api/predict?activations=true&binary=true";  // the answer with
 
 let classes = [...Array(10).keys()].map(String);  // class k's name, from /api/model
 let digits = true;             // the model reads digits: drawing makes sense (else: pick a test image)
-let inFlight = 0, dirty = false;  // requests in flight (at most 2: see predictPad); a newer drawing waits
+let inFlight = 0, dirty = false;  // requests in flight (one while drawing, see predictPad); a newer drawing waits
 let asked = 0;                 // the pad's version the latest request was made from
 let clearedAt = 0;             // the pad's version at the last clear: an answer to an older drawing is dropped
 
