@@ -12,7 +12,7 @@ def test_study_tiny_budget(mnist_dir, tmp_path, capsys):
                  "--seeds", "2", "--data-dir", str(mnist_dir), "--out", str(tmp_path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     rows = out["rows"]
-    assert [r["variant"] for r in rows] == ["2/2 (seed)", "3/2 overlap", "4/4"]
+    assert [r["variant"] for r in rows] == ["2/2 (tutorial)", "3/2 overlap", "4/4"]
     assert rows[0]["params"] == 225_034 and rows[1]["params"] == summary(ModelConfig(pool_kernel=3))["params"]
     assert rows[2]["params"] == 28_426  # 4/4: 26 -> 6 -> 4 -> 1, fc1 64*128+128 = 8,320
     for r in rows:

@@ -7,11 +7,11 @@ reused). For each variant: parameters and MACs (from explain.summary), training 
 accuracy as mean ± std over seeds.
 
     group      variants
-    kernel     2, 3 (seed), 5, 6
-    pooling    2/2 (seed), 3/2 overlapping, 4/4
-    fc1        32, 64, 128 (seed), 256
-    channels   16/32, 32/64 (seed), 64/128, 30/60 (not powers of two)
-    optimizer  Adam lr 1e-3 (seed), SGD momentum 0.9 lr 1e-2
+    kernel     2, 3 (tutorial), 5, 6
+    pooling    2/2 (tutorial), 3/2 overlapping, 4/4
+    fc1        32, 64, 128 (tutorial), 256
+    channels   16/32, 32/64 (tutorial), 64/128, 30/60 (not powers of two)
+    optimizer  Adam lr 1e-3 (tutorial), SGD momentum 0.9 lr 1e-2
 
 `--quick` trains 1 epoch on a fixed 6,000-image subset, one seed, and tests on all 10,000: the table's shape
 and the cost columns are right, the accuracies are those of a barely trained network. docs/understanding.md
@@ -51,24 +51,24 @@ class Variant:
 
 
 def variants() -> list[Variant]:
-    seed = "(seed)"
+    base = "(tutorial)"
     return [
         Variant("kernel", "2", replace(TUTORIAL_NET, kernel_size=2)),
-        Variant("kernel", f"3 {seed}"),
+        Variant("kernel", f"3 {base}"),
         Variant("kernel", "5", replace(TUTORIAL_NET, kernel_size=5)),
         Variant("kernel", "6", replace(TUTORIAL_NET, kernel_size=6)),
-        Variant("pooling", f"2/2 {seed}"),
+        Variant("pooling", f"2/2 {base}"),
         Variant("pooling", "3/2 overlap", replace(TUTORIAL_NET, pool_kernel=3, pool_stride=2)),
         Variant("pooling", "4/4", replace(TUTORIAL_NET, pool_kernel=4, pool_stride=4)),
         Variant("fc1", "32", replace(TUTORIAL_NET, fc_units=32)),
         Variant("fc1", "64", replace(TUTORIAL_NET, fc_units=64)),
-        Variant("fc1", f"128 {seed}"),
+        Variant("fc1", f"128 {base}"),
         Variant("fc1", "256", replace(TUTORIAL_NET, fc_units=256)),
         Variant("channels", "16/32", replace(TUTORIAL_NET, channels=(16, 32))),
-        Variant("channels", f"32/64 {seed}"),
+        Variant("channels", f"32/64 {base}"),
         Variant("channels", "64/128", replace(TUTORIAL_NET, channels=(64, 128))),
         Variant("channels", "30/60", replace(TUTORIAL_NET, channels=(30, 60))),
-        Variant("optimizer", f"Adam 1e-3 {seed}"),
+        Variant("optimizer", f"Adam 1e-3 {base}"),
         Variant("optimizer", "SGD 1e-2 m0.9", optimizer="sgd", lr=1e-2),
     ]
 
@@ -174,7 +174,7 @@ def figure(study: dict, out: Path) -> None:
     for j, g in enumerate(groups):
         rs = [r for r in rows if r["group"] == g]
         x = range(len(rs))
-        colors = ["tab:orange" if "(seed)" in r["variant"] else "tab:blue" for r in rs]
+        colors = ["tab:orange" if "(tutorial)" in r["variant"] else "tab:blue" for r in rs]
         ax = axes[0, j]
         ax.bar(x, [r["test_accuracy_mean"] for r in rs], yerr=[r["test_accuracy_std"] for r in rs],
                color=colors, capsize=4)
@@ -183,10 +183,10 @@ def figure(study: dict, out: Path) -> None:
             ax.annotate(f"{r['test_accuracy_mean']:.2f}\n{r['params'] / 1000:.0f}k p", (i, r["test_accuracy_mean"]),
                         xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
         ax.set_title(g, fontsize=11)
-        ax.set_xticks(x, [r["variant"].replace(" (seed)", "\n(seed)") for r in rs], fontsize=8)
+        ax.set_xticks(x, [r["variant"].replace(" (tutorial)", "\n(tutorial)") for r in rs], fontsize=8)
         ax = axes[1, j]
         ax.bar(x, [r["seconds_per_epoch_60k"] for r in rs], color=colors)
-        ax.set_xticks(x, [r["variant"].replace(" (seed)", "\n(seed)") for r in rs], fontsize=8)
+        ax.set_xticks(x, [r["variant"].replace(" (tutorial)", "\n(tutorial)") for r in rs], fontsize=8)
         for i, r in enumerate(rs):
             ax.annotate(f"{r['macs'] / 1e6:.1f}M MACs", (i, r["seconds_per_epoch_60k"]), xytext=(0, 3),
                         textcoords="offset points", ha="center", fontsize=8)
