@@ -38,7 +38,7 @@ from mnist_cnn import calibrate, negatives  # noqa: E402
 from mnist_cnn.data import load_mnist, normalize  # noqa: E402
 from mnist_cnn.errors import MnistCnnError  # noqa: E402
 from mnist_cnn.perf.results import write_results  # noqa: E402
-from mnist_cnn.predict.classifier import Classifier  # noqa: E402
+from mnist_cnn.predict.classifier import Classifier, reject_score  # noqa: E402
 
 SEED = 10**6  # held-out generator seeds start here
 TARGETS = {"nondigits_rejected": (">=", 0.90), "digits_rejected": ("<=", 0.02), "numbers_exact": (">=", 0.90),
@@ -96,7 +96,7 @@ def measure(clf: Classifier, mnist, sets: dict) -> dict:
     t = clf.trust["temperature"]
     before = calibrate.reliability(torch.softmax(logits, 1), mnist.test_labels)
     after = calibrate.reliability(torch.softmax(logits / t, 1), mnist.test_labels)
-    s_mnist = calibrate.scores(logits, t).numpy()
+    s_mnist = calibrate.scores(logits, clf.trust["reject_temperature"]).numpy()  # the "not a digit" score
     thr = clf.trust["threshold"]
     kept = s_mnist >= thr if thr is not None else np.ones(len(s_mnist), bool)
     right = (logits.argmax(1) == mnist.test_labels).numpy()
@@ -109,7 +109,7 @@ def measure(clf: Classifier, mnist, sets: dict) -> dict:
     for name, (images, labels) in sets["digits"].items():
         preds = read(clf, images)
         ok = [(p, y) for p, y in zip(preds, labels, strict=True) if p is not None]
-        conf = np.array([p.confidence for p, _ in ok if not p.is_number])
+        conf = np.array([reject_score(clf.trust, p.probabilities) for p, _ in ok if not p.is_number])
         digit_scores.append(conf)
         rej = np.mean([p.is_digit is False for p, _ in ok])
         r["digits"][name] = {"n": len(labels), "blank": len(labels) - len(ok),
@@ -121,7 +121,7 @@ def measure(clf: Classifier, mnist, sets: dict) -> dict:
     for name, images in sets["nondigits"].items():
         preds = read(clf, images)
         ok = [p for p in preds if p is not None]
-        other_scores.append(np.array([p.confidence for p in ok if not p.is_number]))
+        other_scores.append(np.array([reject_score(clf.trust, p.probabilities) for p in ok if not p.is_number]))
         r["nondigits"][name] = {"n": len(images), "blank": len(images) - len(ok),
                                 "rejected": float(np.mean([p.is_digit is False or p.number is None for p in ok])),
                                 "read_as_number": int(sum(p.is_number and p.number is not None for p in ok)),

@@ -143,3 +143,33 @@ def test_calibration_is_fitted_on_held_out_digits_and_report_shows_it(clf, mnist
     c = json.loads(capsys.readouterr().out)["calibration"]
     assert c["calibrated"] and c["temperature"] == trust["temperature"] and c["ece_after"] < 0.05
     assert (tmp_path / "rep" / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rejection_temperature_is_the_one_that_rejects_most_held_out_non_digits_and_predict_applies_it():
+    # label smoothing caps a digit's logit gap, so the fitted T is < 1 and sharpens every confident digit to ~1.0;
+    # a softer rejection temperature keeps their order. Synthetic logits, so the test is about the arithmetic.
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 10, (3000,), generator=g)
+    gap = 3.0 + 3.0 * torch.rand(3000, generator=g)  # a smoothed model's margin: a few units, never large
+    digits = torch.randn(3000, 10, generator=g) * 0.5 + torch.nn.functional.one_hot(labels, 10) * gap[:, None]
+    others = torch.randn(500, 10, generator=g) * 0.5 + torch.nn.functional.one_hot(
+        torch.randint(0, 10, (500,), generator=g), 10) * 3.0
+    trust = calibrate.calibrate(digits, labels, others)
+    t, t_reject = trust["temperature"], trust["reject_temperature"]
+    shares = {f: calibrate.rejected(digits, others, t * f) for f in calibrate.REJECT_FACTORS}
+    assert calibrate.rejected(digits, others, t_reject) == max(shares.values())
+    assert t_reject > t and max(shares.values()) > shares[1.0], "this set needs a softer rejection temperature"
+    assert t_reject == t * min(f for f, share in shares.items() if share == max(shares.values()))  # ties: the smallest factor
+    assert trust["holdout_outliers_rejected"] == pytest.approx(max(shares.values()))
+    # predict's path: calibrated probabilities -> the same score, so the same verdict
+    from mnist_cnn.predict.classifier import is_digit, reject_score, trust_of
+
+    meta_trust = trust_of({"trust": trust})
+    probs = torch.softmax(others / t, 1).numpy()
+    want = calibrate.scores(others, t_reject).numpy()
+    got = np.array([reject_score(meta_trust, p) for p in probs])
+    assert np.allclose(got, want, atol=1e-5)
+    assert [is_digit(meta_trust, p) for p in probs] == list(want >= trust["threshold"])
+    # a checkpoint from before the rejection temperature: the threshold applies at the calibration temperature
+    old = trust_of({"trust": {"temperature": 0.9, "threshold": 0.4}})
+    assert old["reject_temperature"] == 0.9 and reject_score(old, [0.5, 0.5]) == 0.5

@@ -140,13 +140,19 @@ def prepare_all(x, classes=DIGITS, mean: float = MEAN, std: float = STD) -> tupl
 
 
 def trust_of(meta: dict) -> dict:
-    """What a checkpoint supports: {"temperature", "threshold" (None: cannot reject), "calibrated", "note"}."""
+    """What a checkpoint supports: {"temperature", "threshold" (None: cannot reject), "reject_temperature" (the
+    temperature the threshold applies at; checkpoints before it: the calibration temperature), "calibrated",
+    "note"}."""
     t = meta.get("trust") if isinstance(meta.get("trust"), dict) else None
     if t is None or not all(isinstance(t.get(k), (int, float)) for k in ("temperature", "threshold")):
-        return {"temperature": 1.0, "threshold": None, "calibrated": False, "note": NO_TRUST}
-    return {"temperature": float(t["temperature"]), "threshold": float(t["threshold"]), "calibrated": True,
-            "note": f"calibrated: temperature {t['temperature']:.3f}, not a digit below "
-                    f"{100 * t['threshold']:.1f}% confidence ({t.get('method', 'max-softmax')})"}
+        return {"temperature": 1.0, "threshold": None, "reject_temperature": 1.0, "calibrated": False,
+                "note": NO_TRUST}
+    t_reject = t.get("reject_temperature", t["temperature"])
+    t_reject = float(t_reject) if isinstance(t_reject, (int, float)) and t_reject > 0 else float(t["temperature"])
+    return {"temperature": float(t["temperature"]), "threshold": float(t["threshold"]),
+            "reject_temperature": t_reject, "calibrated": True,
+            "note": f"calibrated: temperature {t['temperature']:.3f}, not a digit below a largest probability of "
+                    f"{100 * t['threshold']:.1f}% at temperature {t_reject:.3f} ({t.get('method', 'max-softmax')})"}
 
 
 def temper(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -197,9 +203,15 @@ class Classifier:
         return out
 
 
+def reject_score(trust: dict, probs) -> float:
+    """The "not a digit" score of a calibrated softmax row: its largest probability at the rejection temperature
+    (calibrate.py picks it on held-out data; softmax(z / T_reject) = temper(softmax(z / T), T_reject / T))."""
+    return float(np.max(temper(np.asarray(probs, np.float32), trust["reject_temperature"] / trust["temperature"])))
+
+
 def is_digit(trust: dict, probs: list[float]) -> bool | None:
     """Does a softmax row look like a digit under this trust (trust_of)? None: the checkpoint cannot tell."""
-    return None if trust["threshold"] is None else max(probs) >= trust["threshold"]
+    return None if trust["threshold"] is None else reject_score(trust, probs) >= trust["threshold"]
 
 
 def reading(trust: dict, probs: list[float], image28: np.ndarray, parts: list[tuple], part_probs: list,
