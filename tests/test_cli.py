@@ -119,6 +119,8 @@ def test_a_flag_given_at_its_default_beats_the_recipe():
     assert apply_recipe(parse_train("--augment", "--schedule", "constant")).schedule == "constant"
     assert apply_recipe(parse_train("--augment")).schedule == "onecycle"
     assert apply_recipe(parse_train("--augment")).epochs == 20
+    assert apply_recipe(parse_train("--augment")).label_smoothing == 0.1
+    assert apply_recipe(parse_train("--augment", "--label-smoothing", "0")).label_smoothing == 0.0
     assert apply_recipe(parse_train("--augment", "--epochs", "5")).epochs == 5
 
 

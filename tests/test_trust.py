@@ -159,7 +159,8 @@ def test_rejection_temperature_is_the_one_that_rejects_most_held_out_non_digits_
     shares = {f: calibrate.rejected(digits, others, t * f) for f in calibrate.REJECT_FACTORS}
     assert calibrate.rejected(digits, others, t_reject) == max(shares.values())
     assert t_reject > t and max(shares.values()) > shares[1.0], "this set needs a softer rejection temperature"
-    assert t_reject == t * min(f for f, share in shares.items() if share == max(shares.values()))  # ties: the smallest factor
+    # ties go to the smallest factor
+    assert t_reject == t * min(f for f, share in shares.items() if share == max(shares.values()))
     assert trust["holdout_outliers_rejected"] == pytest.approx(max(shares.values()))
     # predict's path: calibrated probabilities -> the same score, so the same verdict
     from mnist_cnn.predict.classifier import is_digit, reject_score, trust_of

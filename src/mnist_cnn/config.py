@@ -186,7 +186,11 @@ RECIPES = {
 # measured with bench/trust.py --n 200 (mean, min-max): E=10 -> 20: MNIST test 99.15% (98.98-99.24) -> 99.23%
 # (99.19-99.26), non-digits rejected 93.4% (91.9-94.8) -> 94.4% (93.8-95.7), MNIST digits rejected 0.35%
 # (0.26-0.51) -> 0.36% (0.31-0.39). 20 epochs cost ~7 CPU-minutes (one thread) on this machine.
-AUGMENT = dict(schedule="onecycle", lr=2e-3, epochs=20)
+# Label smoothing 0.1 then lifts MNIST test to 99.34% (99.29-99.39), the first setting over issue 13's 99.3%, and
+# with the rejection temperature calibrate.py picks, non-digits are still rejected 92.2% (88.8-94.8), MNIST digits
+# 0.34%, ECE 0.21% (same seeds and bench; bench/results/trust-20261129T2046Z-*.json). Tried and not taken, seed 1:
+# same padding + BatchNorm 99.20%; the wide layout without smoothing 99.24% (docs/trust.md).
+AUGMENT = dict(schedule="onecycle", lr=2e-3, epochs=20, label_smoothing=0.1)
 
 
 # -----------------------------------------------------------------------------
@@ -219,8 +223,8 @@ class TrainConfig:
     quiet: bool = setting(False, "no progress bars or per-epoch lines")
     augment: bool = setting(False, "random rotation/shear/scale/shift, stroke weight and low resolution per image, "
                                    "a share of printed digits, generated non-digits trained towards a flat softmax, "
-                                   "and a one-cycle lr peaking at 2e-3 over 20 epochs (unless --schedule/--lr/"
-                                   "--epochs are given); on digits "
+                                   "a one-cycle lr peaking at 2e-3 over 20 epochs and label smoothing 0.1 (unless "
+                                   "--schedule/--lr/--epochs/--label-smoothing are given); on digits "
                                    "holds out the last 5,000 training images to fit a temperature and a 'not a "
                                    "digit' threshold (docs/trust.md): copes with real handwriting, fonts, tiny "
                                    "images and things that are not digits")
