@@ -321,6 +321,7 @@ def test_best_recipe_and_study_on_fashion(fashion_dir, tmp_path):
                                                       "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
     best = apply_recipe(TrainConfig(recipe="best"))
     assert best.model.batch_norm and best.model.padding == 1 and best.augment and best.augment_style == "light"
+    assert best.epochs == 20 and best.model.dropout == 0.2  # the measured recipe (docs/datasets.md)
     fashion = data.load_dataset("fashion-mnist", fashion_dir, fetch=False)
     small = replace(fashion, train_images=fashion.train_images[:512], train_labels=fashion.train_labels[:512],
                     test_images=fashion.test_images[:500], test_labels=fashion.test_labels[:500])
