@@ -77,9 +77,9 @@ def calibrate(digit_logits: torch.Tensor, labels: torch.Tensor, outlier_logits: 
     """Held-out digits' logits (N, C) and labels (N,), optionally held-out non-digits' logits (M, C) -> the
     "trust" entry of a checkpoint's sidecar: temperature, threshold and what they give on these sets."""
     t = fit_temperature(digit_logits, labels)
-    t_reject = t
-    if outlier_logits is not None and len(outlier_logits):
-        t_reject = t * max(REJECT_FACTORS, key=lambda f: (rejected(digit_logits, outlier_logits, t * f), -f))
+    has_outliers = outlier_logits is not None and len(outlier_logits) > 0
+    t_reject = t * max(REJECT_FACTORS, key=lambda f: (rejected(digit_logits, outlier_logits, t * f), -f)) \
+        if has_outliers else t
     s = scores(digit_logits, t_reject)
     threshold = float(torch.quantile(s, DIGIT_REJECT))
     trust = {"method": "outlier exposure + max-softmax", "temperature": t, "threshold": threshold,
@@ -87,7 +87,7 @@ def calibrate(digit_logits: torch.Tensor, labels: torch.Tensor, outlier_logits: 
              "holdout_ece_before": reliability(torch.softmax(digit_logits.float(), 1), labels)["ece"],
              "holdout_ece_after": reliability(torch.softmax(digit_logits.float() / t, 1), labels)["ece"],
              "holdout_digits_rejected": float((s < threshold).float().mean())}
-    if outlier_logits is not None and len(outlier_logits):
+    if has_outliers:
         o = scores(outlier_logits, t_reject)
         trust.update({"holdout_outliers_n": len(o), "holdout_outliers_rejected": float((o < threshold).float().mean()),
                       "holdout_auroc": auroc(s.numpy(), o.numpy())})
