@@ -7,7 +7,12 @@
                            digit; "not a digit" needs a calibrated checkpoint, docs/trust.md); header X-Batch-Size:
                            how many requests shared its forward pass; ?binary=true: the same answer with the maps
                            as raw bytes after the JSON (binary_answer: what the page asks for)
-    GET  /api/model        the loaded model: layer summary (shapes, params, MACs) and its training metrics
+    GET  /api/model        the loaded model: layer summary (shapes, params, MACs) and its training metrics;
+                           "page_forward": whether the page runs the network itself (GET /api/weights)
+    GET  /api/weights      the served network's eval-mode weights (BatchNorm folded into the convs) as float32
+                           after a JSON header (config, classes, trust): the page's own forward pass
+                           (static/forward.js) answers a drawn digit with them; 404 with the reason for an ONNX
+                           model or a network too big to run in one frame (the page then asks /api/predict)
     GET  /api/sample       an MNIST test digit (?index=N, else a random one) with its true label
     GET  /api/samples      ?n=N (1..MAX_SAMPLES) random test images of the model's dataset, each with its label
     GET  /healthz          {"status": "ok"} while the model thread runs; 503 {"status": "dead"} if it stopped;
@@ -75,6 +80,14 @@ PAGE = Path(__file__).resolve().parents[1] / "ship" / "page"  # the static page'
 SHARED_JS = ("draw.js", "preprocess.js")  # from PAGE, served as /static/NAME too: one copy for both pages
 MAX_SAMPLES = 64  # /api/samples: at most this many test images per request
 BINARY = "application/octet-stream"  # /api/predict?binary=true: JSON head + the maps' bytes (binary_answer)
+# /api/weights: the largest network the page runs itself, in multiply-adds per digit. The tutorial's (2.6 M) takes
+# ~5 ms in plain JS on a loaded 2-core machine, within a 16.7 ms frame with preprocessing and painting; --recipe
+# best's padded 64/128-channel network (~6x that) would not fit one, and its page asks the server instead
+MAX_PAGE_MACS = 4_000_000
+PAGE_TENSORS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias", "fc2.weight",
+                "fc2.bias")  # /api/weights' arrays, in this order
+PAGE_CONFIG = ("channels", "kernel_size", "padding", "pool_kernel", "pool_stride", "fc_units", "num_classes",
+               "image_size", "mean", "std")  # the ModelConfig fields forward.js needs
 
 
 class Busy(Exception):
@@ -236,6 +249,7 @@ def model_info(model_path: Path, backend) -> dict:
         "history": history,
         "saved_at": meta.get("saved_at"),
         "trust": trust_of(meta),
+        "page_forward": page_forward_refusal(backend) is None,  # GET /api/weights serves the weights
     }
 
 
@@ -256,6 +270,59 @@ def encode_maps(t) -> dict:
     tutorial's network instead of ~300 kB of JSON floats."""
     head, raw = quantize_maps(t)
     return {**head, "data": base64.b64encode(raw).decode("ascii")}
+
+
+# -----------------------------------------------------------------------------
+# the weights for the page's own forward pass (static/forward.js)
+
+
+def page_forward_refusal(backend) -> str | None:
+    """Why the page cannot run this model itself (/api/weights answers 404 with it); None: it can."""
+    if getattr(backend, "model", None) is None:
+        return (f"the {backend.name} backend serves no weights: the page asks /api/predict for every drawing "
+                "(serve a .pth checkpoint to run the network in the page)")
+    macs = backend.summary["macs"]
+    if macs > MAX_PAGE_MACS:
+        return (f"this network takes {macs:,} multiply-adds per digit, more than the {MAX_PAGE_MACS:,} the page "
+                "runs within a frame: the page asks /api/predict instead")
+    return None
+
+
+def folded_weights(model) -> dict[str, np.ndarray]:
+    """The eval-mode network's weights as float32 arrays by PAGE_TENSORS name, each BatchNorm folded into the conv
+    before it (in float64): weight * s and (bias - running_mean) * s + beta, s = gamma / sqrt(running_var + eps).
+    conv1 and conv2 then compute what the model's trace calls conv1 and conv2 (after BN, before ReLU)."""
+    import torch
+
+    state = {k: v.detach().cpu().double() for k, v in model.state_dict().items()}
+    for k in (1, 2):
+        if model.cfg.batch_norm:
+            bn = f"bn{k}"
+            s = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + getattr(model, bn).eps)  # (C,)
+            state[f"conv{k}.weight"] = state[f"conv{k}.weight"] * s[:, None, None, None]  # (C, Cin, K, K)
+            state[f"conv{k}.bias"] = (state[f"conv{k}.bias"] - state[f"{bn}.running_mean"]) * s + state[f"{bn}.bias"]
+    return {name: state[name].float().numpy() for name in PAGE_TENSORS}
+
+
+def page_weights(backend) -> bytes:
+    """GET /api/weights' body: a little-endian uint32 N, N bytes of UTF-8 JSON (padded with spaces so the arrays
+    start at a multiple of 4), then each PAGE_TENSORS array as little-endian float32, row-major. The JSON: the
+    ModelConfig fields forward.js needs (`config`), `classes`, `trust` (trust_of: temperature, threshold,
+    reject_temperature, note), `batch_norm_folded`, and `tensors`: [{name, shape, offset}], offset in bytes
+    from the first array."""
+    model = backend.model
+    arrays = folded_weights(model)
+    tensors, offset = [], 0
+    for name in PAGE_TENSORS:
+        tensors.append({"name": name, "shape": list(arrays[name].shape), "offset": offset})
+        offset += arrays[name].nbytes
+    cfg = model.cfg.to_dict()
+    head = {"format": "float32-le", "config": {k: cfg[k] for k in PAGE_CONFIG}, "classes": list(backend.classes),
+            "trust": trust_of(backend.meta), "batch_norm_folded": bool(model.cfg.batch_norm), "tensors": tensors}
+    text = json.dumps(head, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    text += b" " * (-(4 + len(text)) % 4)
+    return b"".join([len(text).to_bytes(4, "little"), text,
+                     *(arrays[name].astype("<f4").tobytes() for name in PAGE_TENSORS)])
 
 
 def binary_answer(out: dict, acts: dict | None, headers: dict) -> Response:
@@ -562,6 +629,29 @@ def add_info_routes(api: FastAPI, engine: Engine, samples: SampleSet, model_path
 
     for name in SHARED_JS:  # the page's drawing pad and preprocessing, kept once under ship/page/
         api.add_api_route(f"/static/{name}", shared_js(PAGE / name), include_in_schema=False)
+    add_weights_route(api, engine)
+
+
+def add_weights_route(api: FastAPI, engine: Engine):
+    """GET /api/weights: the page's own forward pass's weights (page_weights), made on the first request."""
+    made: list[bytes] = []  # the body, once: the served weights never change (teaching trains private copies)
+
+    @api.get("/api/weights", summary="the served network's weights, for the page's own forward pass",
+             response_class=Response,
+             responses={200: {"content": {BINARY: {"schema": {
+                 "type": "string", "format": "binary",
+                 "description": "a little-endian uint32 N, N bytes of JSON (config, classes, trust, tensors: "
+                                "[{name, shape, offset}]), then each tensor as little-endian float32; "
+                                "BatchNorm folded into conv1 and conv2"}}}},
+                        404: {"description": "the page cannot run this model (ONNX backend, or a network too big "
+                                             "for a frame): the reason"}})
+    async def weights():
+        why = page_forward_refusal(engine.backend)
+        if why:
+            raise HTTPException(404, why)
+        if not made:
+            made.append(page_weights(engine.backend))
+        return Response(made[0], media_type=BINARY)
 
 
 def add_sample_routes(api: FastAPI, engine: Engine, samples: SampleSet):
