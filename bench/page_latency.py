@@ -1,6 +1,6 @@
 """How fast the served page answers a stroke: pointer up to the prediction and every feature map painted.
 
-    python bench/page_latency.py MODEL.pth [--strokes 40] [--data-dir data] [--results bench/results/]
+    python bench/page_latency.py MODEL.pth [--strokes 40] [--data-dir data] [--results bench/results/] [--server]
 
 Starts `mnist-cnn serve` on a free loopback port, opens the page in Debian's headless Chromium (Playwright) and
 draws --strokes strokes with the mouse, one after another, each a short line of 12 moves on a fresh pad (Clear
@@ -11,7 +11,11 @@ between strokes). For each stroke the page itself measures, with performance.now
     frame_ms         pointerup -> the next animation frame after that render (when the browser paints it)
     ink_answered_ms  the stroke's last ink change (its last pointer move) -> that render
 
-and the parts of the answered request (see PARTS below).
+and the parts of the answer (see PARTS below). A drawn digit is answered in the page when the server hands it the
+weights (GET /api/weights: the page runs the network itself, static/forward.js) and by a request otherwise; the
+parts of the path taken are timed, the others are left out (`answered_in_page` counts the strokes answered in the
+page). --server refuses the page its weights (the route is blocked in the browser), so every drawing is asked of the
+server as on a page without them: both paths, one build.
 
 "Includes the whole stroke": the page stamps every stroke segment (`data-ink-version` on <body>) and every
 answer with the version it was made from (`data-shown-version`); an answer to an older version does not count.
@@ -32,22 +36,29 @@ from serve_load import start_server  # bench/serve_load.py: serve on a free port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-PARTS = ("answered_ms", "frame_ms", "ink_answered_ms", "preprocess_ms", "request_ms", "after_response_ms",
-         "headers_ms", "render_ms", "sent_after_up_ms")
+PARTS = ("answered_ms", "frame_ms", "ink_answered_ms", "preprocess_ms", "forward_ms", "request_ms",
+         "after_response_ms", "headers_ms", "render_ms", "sent_after_up_ms")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
 # runs in the page: capture listeners time each stroke's last ink change and its pointerup; the first answer that
 # includes the whole stroke ends it. Each request is followed from the pad version it was made from (fetch,
 # Response.json or .arrayBuffer and render wrapped): its toMnist time, send, headers, body read, render, so the
-# parts below belong to the answered request itself. An answer on screen before pointerup counts 0 ms from it.
+# parts below belong to the answered request itself. An answer made in the page (mnistForward.answer wrapped: the
+# forward pass, softmax and the maps quantized) has its toMnist, forward and render times, and no request parts.
+# An answer on screen before pointerup counts 0 ms from it.
 HOOK = """() => {
   window.__lat = [];
   const reqs = new Map();  // pad version -> {pre, sent, headers, parsed, render, shown}
-  let pending = null, pre = 0, inked = 0;
+  let pending = null, pre = 0, fwd = 0, fwdAt = -1, inked = 0;
   const toMnist = mnistPreprocess.toMnist;  // timed: the page's share of each request
   mnistPreprocess.toMnist = (...a) => { const t = performance.now(); const r = toMnist(...a);
                                         pre = performance.now() - t; return r; };
+  if (window.mnistForward) {  // the page's own forward pass (forward.js), when it answers drawings itself
+    const answer = mnistForward.answer;
+    mnistForward.answer = (...a) => { const t = performance.now(); const r = answer(...a);
+                                      fwd = performance.now() - t; fwdAt = pad.version; return r; };
+  }
   const fetch0 = window.fetch, json0 = Response.prototype.json;
   window.fetch = (url, opts) => {
     if (!String(url).includes('/api/predict')) return fetch0(url, opts);
@@ -63,6 +74,7 @@ HOOK = """() => {
   Response.prototype.arrayBuffer = read(Response.prototype.arrayBuffer);
   const render0 = window.render;
   window.render = (...a) => {
+    if (!reqs.has(a[1]) && fwdAt === a[1]) reqs.set(a[1], { pre, forward: fwd, local: true });  // made here
     const t = performance.now(), out = render0(...a), r = reqs.get(a[1]);
     if (r && !r.shown) { r.shown = performance.now(); r.render = r.shown - t; }
     return out;
@@ -72,9 +84,9 @@ HOOK = """() => {
                                                                       true);
   const record = (p, r, t1) => requestAnimationFrame(() => window.__lat.push({
       answered_ms: Math.max(0, t1 - p.t0), frame_ms: performance.now() - p.t0, ink_answered_ms: t1 - p.inked,
-      preprocess_ms: r.pre, request_ms: r.parsed - r.sent, after_response_ms: t1 - r.parsed,
+      preprocess_ms: r.pre, forward_ms: r.forward, request_ms: r.parsed - r.sent, after_response_ms: t1 - r.parsed,
       headers_ms: r.headers - r.sent, render_ms: r.render, sent_after_up_ms: r.sent - p.t0,
-      before_up: t1 <= p.t0 }));
+      before_up: t1 <= p.t0, in_page: !!r.local }));
   pad_.addEventListener('pointerup', () => {
     const p = { t0: performance.now(), inked, want: +(document.body.dataset.inkVersion || 0) };
     const shown = +(document.body.dataset.shownVersion || 0);
@@ -92,7 +104,8 @@ HOOK = """() => {
 # what each figure is: pointerup (or the stroke's last ink change: ink_answered_ms) to the answer; for the request
 # whose answer counts: the page's preprocessing of its drawing, the request from send to its body read (server,
 # loopback, parse), of which send to headers, after that until answered (painting), of which inside render(), and
-# when it was sent after the pointerup (negative: during the stroke; positive: it waited for an answer in flight)
+# when it was sent after the pointerup (negative: during the stroke; positive: it waited for an answer in flight);
+# for an answer made in the page: its preprocessing, forward pass (with softmax and the maps' quantizing), render
 
 
 def fail(msg: str):
@@ -116,8 +129,16 @@ def strokes(page, n: int) -> list[dict]:
     return page.evaluate("window.__lat")
 
 
-def summary(values: list[float]) -> dict:
+def ready(page):
+    """Wait until the page knows its model and who answers a drawing (data-forward: page or server)."""
+    page.wait_for_function("document.getElementById('model-line').textContent.includes('parameters') "
+                           "&& document.body.dataset.forward")
+
+
+def summary(values: list[float]) -> dict | None:  # None: no stroke took this path
     s = sorted(values)
+    if not s:
+        return None
     return {"median": round(statistics.median(s), 2), "p90": round(s[int(0.9 * (len(s) - 1))], 2),
             "min": round(s[0], 2), "max": round(s[-1], 2)}
 
@@ -130,6 +151,7 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=str(ROOT / "data"))
     ap.add_argument("--results", default=str(ROOT / "bench" / "results") + os.sep,
                     help="file or folder for the JSON (default bench/results/)")
+    ap.add_argument("--server", action="store_true", help="refuse the page /api/weights: the server answers")
     args = ap.parse_args(argv)
     if not Path(CHROMIUM).exists():
         fail(f"{CHROMIUM} is missing (apt-get install chromium)")
@@ -144,11 +166,13 @@ def main(argv=None):
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 page = browser.new_page(viewport={"width": 1100, "height": 1000})
+                if args.server:
+                    page.route("**/api/weights", lambda route: route.abort())
                 page.goto(base + "/")
-                page.wait_for_function("document.getElementById('model-line').textContent.includes('parameters')")
+                ready(page)
                 strokes(page, args.warmup)
                 page.reload()
-                page.wait_for_function("document.getElementById('model-line').textContent.includes('parameters')")
+                ready(page)
                 timed = strokes(page, args.strokes)
                 browser.close()
             load_after = os.getloadavg()[0]
@@ -158,12 +182,15 @@ def main(argv=None):
     out = {key: summary([t[key] for t in timed if t.get(key) is not None and t[key] == t[key]]) for key in PARTS}
     out.update({
            "answered_before_up": sum(t["before_up"] for t in timed),
+           "answered_in_page": sum(t.get("in_page", False) for t in timed), "server_only": args.server,
            "per_stroke": timed, "load_average_1min": {"before": load_before, "after": load_after},
            "models_sha256": model_hashes([args.model]), "frame_budget_ms": round(1000 / 60, 1)})
     path = write_results(args.results, "page_latency", out, n=len(timed), n_is="strokes timed")
     print(f"{len(timed)} strokes, load {load_before:.2f} -> {load_after:.2f}; "
-          f"{out['answered_before_up']} answered before the pointer went up")
+          f"{out['answered_before_up']} answered before the pointer went up, {out['answered_in_page']} in the page")
     for key in PARTS:
+        if out[key] is None:
+            continue
         print(f"  {key:18s} median {out[key]['median']:7.2f}  p90 {out[key]['p90']:7.2f}  "
               f"(min {out[key]['min']:.2f}, max {out[key]['max']:.2f})")
     print(f"wrote {path}")

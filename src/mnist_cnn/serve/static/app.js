@@ -1,8 +1,14 @@
-// The page: a drawing pad (draw.js) that asks /api/predict as you draw, and paints the answer.
+// The page: a drawing pad (draw.js) that answers a digit as you draw, and paints the answer.
 // No framework, no build step, nothing fetched from outside this server.
 //
-// Fast path, one stroke to the next: the pad is reduced to the 28x28 digit here (preprocess.js, the server's
-// to_mnist ported step for step, shared with `export --web`) and only those 784 pixels go to the server; the
+// Drawn digits are answered in the page: every change of the pad is reduced to the 28x28 digit (preprocess.js,
+// the server's to_mnist ported step for step, shared with `export --web`) and run at once through the served
+// network with its own weights (forward.js, from GET /api/weights: the same float32 numbers as the server's to
+// ~1e-5), and the answer is painted before the browser draws the next frame. No request goes out while drawing.
+// The server answers everything else: number mode, test images, uploads, a unit's arithmetic, teaching; and
+// drawn digits too when /api/weights has no weights for this page (an ONNX model, a network too big for a frame)
+// or before they have arrived. Then (the server path):
+// the pad is reduced to the 28x28 digit here and only those 784 pixels go to the server; the
 // feature maps come back as raw 8-bit bytes after the JSON (?binary=true). No debounce: a request goes out as soon
 // as the pad changes and none is in flight; while one is, the latest drawing waits and goes next (the latest wins).
 // When the stroke ends, its drawing goes at once even beside a request in flight, whose older answer is dropped.
@@ -21,11 +27,13 @@ let digits = true;             // the model reads digits: drawing makes sense (e
 let inFlight = 0, dirty = false;  // requests in flight (one while drawing, see predictPad); a newer drawing waits
 let asked = 0;                 // the pad's version the latest request was made from
 let clearedAt = 0;             // the pad's version at the last clear: an answer to an older drawing is dropped
+let net = null;                // the served network's weights (forward.js); null: drawn digits go to the server
 
-const pad = drawPad($("pad"), { width: () => +$("width").value, changed: drawn, ended: () => predictPad(true) });
+const pad = drawPad($("pad"), { width: () => +$("width").value, changed: drawn,
+                                ended: () => answerHere() || predictPad(true) });
 const boxes = $("boxes"), bctx = boxes.getContext("2d");
 
-function drawn() { $("truth").textContent = ""; predictPad(); }
+function drawn() { $("truth").textContent = ""; answerHere() || predictPad(); }
 
 function clearPad() {
   pad.clear();
@@ -48,6 +56,35 @@ $("number-mode").addEventListener("change", () => {
   clearPad();
   resetResult();
 });
+
+// ---------------------------------------------------------------------------------------------------------------
+// answering a drawn digit here: the network runs in the page (forward.js)
+
+async function loadNet() {  // GET /api/weights once; without them (or on any failure) the server keeps answering
+  try {
+    const res = await fetch("/api/weights");
+    if (res.ok) net = mnistForward.load(await res.arrayBuffer());
+  } catch (e) {
+    net = null;
+  }
+  document.body.dataset.forward = net ? "page" : "server";  // for tests and benches: who answers a drawing
+}
+
+function answerHere() {  // the pad's digit answered and painted now; false: not here (the server is asked)
+  if (!net || $("number-mode").checked) return false;
+  document.body.dataset.busy = "0";  // nothing to wait for: the answer is painted before this returns
+  if (!pad.inked || pad.version === asked) return true;  // a cleared pad, or this very drawing shown already
+  const version = asked = pad.version;  // an older answer still coming from the server is dropped (ask)
+  let pixels;
+  try {
+    pixels = mnistPreprocess.toMnist(pad.pixels(), pad.canvas.width, pad.canvas.height);
+  } catch (e) {  // "no ink found" (a first dot is too little to crop to): say it, answer the next change
+    say(e.message);
+    return true;
+  }
+  render(mnistForward.answer(net, pixels), version);
+  return true;
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // asking the server: one request in flight while drawing (two at a stroke's end), the latest drawing wins
@@ -417,6 +454,7 @@ async function showModel() {
     m = await (await fetch("/api/model")).json();
   } catch (e) {
     $("model-line").textContent = "model info unavailable";
+    document.body.dataset.forward = "server";
     return;
   }
   if (m.classes) {
@@ -431,6 +469,8 @@ async function showModel() {
     buildGallery();
   }
   document.dispatchEvent(new CustomEvent("mnist:model", { detail: m }));  // learn.js names the classes
+  if (digits && m.page_forward) loadNet();  // drawn digits answered in the page from now on
+  else document.body.dataset.forward = "server";
   const acc = m.test_accuracy == null ? "" : ` · test accuracy ${(100 * m.test_accuracy).toFixed(2)}%`;
   const ep = m.epochs == null ? "" : ` after ${m.epochs} epoch${m.epochs === 1 ? "" : "s"}`;
   const data = digits ? "" : ` · ${m.dataset}`;

@@ -109,9 +109,9 @@
     return e.map((v) => v / sum);
   }
 
-  function rint(x) {  // numpy's rint: half to even
+  function rint(x) {  // numpy's rint for x >= 0: half to even (Math.round takes halves up)
     const r = Math.round(x);
-    return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+    return r - x === 0.5 && (r & 1) ? r - 1 : r;
   }
 
   // serve/app.py quantize_maps: each map (or the vector) scaled to 0..255 by its own maximum, in float32
@@ -122,7 +122,7 @@
       let peak = 0;
       for (let i = m * size; i < (m + 1) * size; i++) if (a[i] > peak) peak = a[i];
       const d = Math.max(peak, f(1e-12));
-      for (let i = m * size; i < (m + 1) * size; i++) data[i] = rint(f(f(Math.max(a[i], 0) / d) * one));
+      for (let i = m * size; i < (m + 1) * size; i++) data[i] = rint(f(f((a[i] > 0 ? a[i] : 0) / d) * one));
       max.push(Math.round(peak * 1e4) / 1e4);
     }
     return { shape, max, data };
