@@ -114,6 +114,8 @@ out["png"] = client.post("/api/predict", content=open(sys.argv[4], "rb").read(),
                          headers={"Content-Type": "image/png"}).json()
 out["model"] = client.get("/api/model").json()
 out["sample"] = client.get("/api/sample?index=3").json()
+weights = client.get("/api/weights")
+out["weights"] = [weights.status_code, weights.json()["detail"]]
 out["torch"] = "torch" in sys.modules
 print(json.dumps(out))
 """
@@ -135,6 +137,8 @@ def test_serve_with_onnxruntime_imports_no_torch(exported, mnist, tmp_path):
         assert r["prediction"] == int(np.argmax(w)) and np.allclose(r["probabilities"], w, atol=1e-5)
         assert "activations" not in r or r["activations"] is None  # feature maps need the PyTorch model
     assert got["model"]["params"] == 225_034 and got["sample"]["label"] == int(mnist.test_labels[3])
+    # no weights for the page's own forward pass: it asks /api/predict (docs/web.md)
+    assert got["weights"][0] == 404 and "onnxruntime" in got["weights"][1] and got["model"]["page_forward"] is False
 
 
 def bad_models(folder, good):

@@ -177,6 +177,90 @@ def test_openapi_documents_both_bodies(client):
     assert client.get("/docs").status_code == 200
 
 
+def read_weights(body: bytes) -> tuple[dict, dict]:
+    """GET /api/weights' body -> (its JSON header, {name: float32 array}), laid out as app.page_weights says."""
+    n = int.from_bytes(body[:4], "little")
+    head, base = json.loads(body[4:4 + n]), 4 + n
+    assert base % 4 == 0, "the arrays start at a multiple of 4 (a Float32Array view needs it)"
+    arrays = {t["name"]: np.frombuffer(body, "<f4", int(np.prod(t["shape"])), base + t["offset"]).reshape(t["shape"])
+              for t in head["tensors"]}
+    assert base + sum(a.nbytes for a in arrays.values()) == len(body)
+    return head, arrays
+
+
+def test_weights_are_the_served_models_own(client, app):
+    """/api/weights: the served model's float32 weights, its config, classes and trust, as the page's forward pass
+    (static/forward.js) reads them; /api/model says the page may run it; documented in the OpenAPI schema."""
+    from mnist_cnn.predict.classifier import trust_of
+
+    r = client.get("/api/weights")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+    head, arrays = read_weights(r.content)
+    model = app.state.engine.model
+    state = model.state_dict()
+    assert list(arrays) == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias",
+                            "fc2.weight", "fc2.bias"]
+    for name, a in arrays.items():
+        assert np.array_equal(a, state[name].float().numpy()), name  # no batch norm: the weights as they are
+    cfg = model.cfg.to_dict()
+    assert head["config"] == {k: cfg[k] for k in head["config"]} and head["config"]["channels"] == [32, 64]
+    assert head["classes"] == [str(d) for d in range(10)] and head["batch_norm_folded"] is False
+    assert head["trust"] == trust_of(app.state.engine.backend.meta)
+    assert client.get("/api/model").json()["page_forward"] is True
+    spec = client.get("/openapi.json").json()["paths"]["/api/weights"]["get"]
+    assert "application/octet-stream" in spec["responses"]["200"]["content"] and "404" in spec["responses"]
+
+
+def small_bn_model(path, mnist_dir, channels=(4, 8)):
+    """A small Net with batch norm, its running statistics and affine parameters made up (not 0/1: folding
+    them must matter), saved as a checkpoint; -> (the app serving it, the model)."""
+    from mnist_cnn import checkpoint
+    from mnist_cnn.config import ModelConfig
+    from mnist_cnn.model import Net
+
+    torch.manual_seed(0)
+    model = Net(ModelConfig(channels=channels, batch_norm=True, padding=1, fc_units=16), fused=False)
+    with torch.no_grad():
+        for bn in (model.bn1, model.bn2):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.2, 3.0)
+            bn.weight.uniform_(0.5, 2.0)
+            bn.bias.uniform_(-0.5, 0.5)
+    checkpoint.save(path, model.eval(), {"epochs": 0}, [])
+    return create_app(path, mnist_dir), model.eval()
+
+
+def test_weights_fold_batch_norm_into_the_convs(tmp_path, mnist_dir, mnist):
+    """With batch norm, /api/weights' conv1 and conv2 compute the model's conv1 and conv2 after BN (what the page
+    shows as maps), and the whole forward pass with them gives PyTorch's logits to float32 rounding."""
+    import torch.nn.functional as F
+
+    app, model = small_bn_model(tmp_path / "bn.pth", mnist_dir)
+    head, w = read_weights(TestClient(app).get("/api/weights").content)
+    assert head["batch_norm_folded"] is True and head["config"]["padding"] == 1
+    w = {k: torch.from_numpy(a.copy()) for k, a in w.items()}
+    x = normalize(mnist.test_images[:4])  # (4, 1, 28, 28)
+    trace = {}
+    with torch.no_grad():
+        logits = model(x, trace)
+        conv1 = F.conv2d(x, w["conv1.weight"], w["conv1.bias"], padding=1)  # (4, 4, 28, 28), after BN
+        pool1 = F.relu(F.max_pool2d(conv1, 2, 2))
+        conv2 = F.conv2d(pool1, w["conv2.weight"], w["conv2.bias"], padding=1)  # (4, 8, 14, 14)
+        fc1 = F.relu(F.linear(torch.flatten(F.relu(F.max_pool2d(conv2, 2, 2)), 1), w["fc1.weight"], w["fc1.bias"]))
+        folded = F.linear(fc1, w["fc2.weight"], w["fc2.bias"])
+    assert not torch.allclose(w["conv1.weight"], model.conv1.weight, atol=1e-3), "BN changed nothing: a weak test"
+    assert torch.allclose(conv1, trace["conv1"], atol=1e-5) and torch.allclose(conv2, trace["conv2"], atol=1e-5)
+    assert torch.allclose(folded, logits, atol=1e-5)
+
+
+def test_weights_refused_for_a_network_too_big_for_a_frame(tmp_path, mnist_dir):
+    app, _ = small_bn_model(tmp_path / "big.pth", mnist_dir, channels=(32, 160))  # conv2 alone: 14 M MACs
+    client = TestClient(app)
+    r = client.get("/api/weights")
+    assert r.status_code == 404 and "multiply-adds" in r.json()["detail"] and "/api/predict" in r.json()["detail"]
+    assert client.get("/api/model").json()["page_forward"] is False
+
+
 J = "application/json"
 BAD = [  # (content type, body, expected status, words the message must contain)
     (J, b"{not json", 400, "not valid JSON"),

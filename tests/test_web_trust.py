@@ -109,3 +109,40 @@ def test_number_mode_reads_digit_by_digit_with_boxes(page):
     assert inked > 300, "a box is drawn around each digit"
     page.uncheck("#number-mode")
     assert page.eval_on_selector("#pad", "e => e.width") == 280
+
+
+def test_drawn_digit_is_answered_in_the_page_with_the_servers_numbers(page, server):
+    """The page runs the served network itself (forward.js with /api/weights): drawing sends no /api/predict, and
+    what it shows is the server's answer for the same 28x28 pixels: probabilities to 1e-4 (float32 both), the
+    verdict, every layer's 8-bit maps within 1 of the server's quantization."""
+    import base64
+
+    import numpy as np
+    from webutil import post_json
+
+    page.click("#clear")
+    page.wait_for_function("document.body.dataset.forward === 'page'")
+    page.evaluate("document.addEventListener('mnist:result', (e) => { window.__shown = e.detail; })")
+    predicts = []
+    page.on("request", lambda r: "/api/predict" in r.url and predicts.append(r.url))
+    n = updates(page)
+    draw_seven(page)
+    answered(page, n)
+    assert updates(page) > n + 5, "an answer for every change of the pad, not only the stroke's end"
+    shown = page.evaluate("""() => { const s = window.__shown, maps = {};
+        for (const [k, a] of Object.entries(s.activations)) maps[k] = {shape: a.shape, max: a.max, data: [...a.data]};
+        return {...s, activations: maps,
+                bars: [...Array(10).keys()].map(d => +document.getElementById('p' + d).dataset.p)}; }""")
+    assert predicts == [], "drawing a digit asks the server nothing"
+    status, want = post_json(server + "/api/predict", {"pixels": shown["input_28x28"], "activations": True})
+    assert status == 200
+    assert np.allclose(shown["probabilities"], want["probabilities"], atol=1e-4)
+    assert shown["bars"] == shown["probabilities"]  # the bars show this answer
+    for key in ("prediction", "best_guess", "label", "is_digit", "number", "trust"):
+        assert shown[key] == want[key], key
+    assert shown["is_digit"] is not None, "a calibrated model: the page says digit or not"
+    for name, maps in want["activations"].items():
+        mine = shown["activations"][name]
+        server_bytes = np.frombuffer(base64.b64decode(maps["data"]), np.uint8).astype(int)
+        assert mine["shape"] == maps["shape"] and np.allclose(mine["max"], maps["max"], atol=2e-4), name
+        assert np.abs(np.array(mine["data"]) - server_bytes).max() <= 1, name
