@@ -5,7 +5,7 @@
 //
 // The same network as model.py's Net in eval mode, with the same weights, in float32 (each layer's output is a
 // Float32Array; sums are formed in double and rounded to float32 on every store), so its numbers equal PyTorch's
-// to ~1e-5 (tests/test_web_local.py checks the probabilities and the 8-bit maps against the server's). BatchNorm
+// to ~1e-5 (tests/test_web_trust.py checks the probabilities and the 8-bit maps against the server's). BatchNorm
 // comes folded into conv1 and conv2 by the server (serve/app.py folded_weights): "conv1" here is after BN, as the
 // model's trace has it. Dropout is off in eval mode. Shapes for the tutorial's network (C1 32, C2 64, fc 128):
 //
