@@ -129,10 +129,17 @@ def strokes(page, n: int) -> list[dict]:
     return page.evaluate("window.__lat")
 
 
-def ready(page):
-    """Wait until the page knows its model and who answers a drawing (data-forward: page or server)."""
+def load(page, url: str | None, server_only: bool):
+    """Open url (None: reload) and wait until the page knows its model and who answers a drawing (data-forward:
+    page or server). server_only: /api/weights is refused while the page loads, and only then: a routed page
+    sends every request through Playwright's driver, which would slow the requests being timed."""
+    if server_only:
+        page.route("**/api/weights", lambda route: route.abort())
+    page.goto(url) if url else page.reload()
     page.wait_for_function("document.getElementById('model-line').textContent.includes('parameters') "
                            "&& document.body.dataset.forward")
+    if server_only:
+        page.unroute("**/api/weights")
 
 
 def summary(values: list[float]) -> dict | None:  # None: no stroke took this path
@@ -166,13 +173,9 @@ def main(argv=None):
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
                 page = browser.new_page(viewport={"width": 1100, "height": 1000})
-                if args.server:
-                    page.route("**/api/weights", lambda route: route.abort())
-                page.goto(base + "/")
-                ready(page)
+                load(page, base + "/", args.server)
                 strokes(page, args.warmup)
-                page.reload()
-                ready(page)
+                load(page, None, args.server)
                 timed = strokes(page, args.strokes)
                 browser.close()
             load_after = os.getloadavg()[0]

@@ -112,6 +112,22 @@ def test_phone_width(browser, server, tmp_path):
     assert not problems, problems
 
 
+def test_without_weights_a_drawing_is_asked_of_the_server(browser, server):
+    """A page that gets no weights (as from an ONNX server: /api/weights is 404) answers drawn digits through
+    /api/predict, as before the page ran the network itself."""
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    page.route("**/api/weights", lambda route: route.fulfill(status=404, content_type="application/json",
+                                                              body='{"detail": "no weights here"}'))
+    predicts = []
+    page.on("request", lambda r: "/api/predict" in r.url and predicts.append(r.url))
+    page.goto(server + "/")
+    page.wait_for_function("document.body.dataset.forward === 'server'")
+    draw_seven(page)
+    page.wait_for_function("document.body.dataset.prediction !== undefined && document.body.dataset.prediction "
+                           "!== '' && document.body.dataset.busy === '0'")
+    assert predicts and page.locator("#digit").inner_text() == "7"
+
+
 def test_upload_an_image(browser, server, tmp_path, mnist):
     import numpy as np
     from PIL import Image
