@@ -5,6 +5,8 @@ import base64
 import io
 import json
 import logging
+import shutil
+import subprocess
 import threading
 
 import numpy as np
@@ -251,6 +253,42 @@ def test_weights_fold_batch_norm_into_the_convs(tmp_path, mnist_dir, mnist):
     assert not torch.allclose(w["conv1.weight"], model.conv1.weight, atol=1e-3), "BN changed nothing: a weak test"
     assert torch.allclose(conv1, trace["conv1"], atol=1e-5) and torch.allclose(conv2, trace["conv2"], atol=1e-5)
     assert torch.allclose(folded, logits, atol=1e-5)
+
+
+FORWARD_JS = STATIC / "forward.js"
+NODE_FORWARD = """
+const fs = require('fs');
+require(process.argv[1]);
+const b = fs.readFileSync(process.argv[2]);
+const net = mnistForward.load(b.buffer.slice(b.byteOffset, b.byteOffset + b.length));
+const out = JSON.parse(fs.readFileSync(0, 'utf8')).map((p) => {
+  const a = mnistForward.answer(net, Uint8Array.from(p));
+  for (const m of Object.values(a.activations)) m.data = Array.from(m.data);
+  return a;
+});
+console.log(JSON.stringify(out));
+"""
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="no node to run forward.js outside the browser")
+def test_forward_js_runs_a_padded_batch_norm_network_as_the_server(tmp_path, mnist_dir, mnist):
+    """static/forward.js (in node) on /api/weights of a padded BatchNorm network (the page's browser test covers the
+    tutorial's): the server's probabilities to 1e-5, its verdict fields, every layer's 8-bit maps within 1."""
+    app, _ = small_bn_model(tmp_path / "bn.pth", mnist_dir)
+    client = TestClient(app)
+    (tmp_path / "w.bin").write_bytes(client.get("/api/weights").content)
+    pixels = [mnist.test_images[i].flatten().tolist() for i in range(3)]
+    run = subprocess.run(["node", "-e", NODE_FORWARD, str(FORWARD_JS), str(tmp_path / "w.bin")],
+                         input=json.dumps(pixels), capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    for p, mine in zip(pixels, json.loads(run.stdout), strict=True):
+        want = client.post("/api/predict", json={"pixels": p, "activations": True}).json()
+        assert np.allclose(mine["probabilities"], want["probabilities"], atol=1e-5)
+        assert all(mine[k] == want[k] for k in ("prediction", "best_guess", "label", "is_digit", "number", "trust"))
+        for name, maps in want["activations"].items():
+            server = np.frombuffer(base64.b64decode(maps["data"]), np.uint8).astype(int)
+            assert mine["activations"][name]["shape"] == maps["shape"], name
+            assert np.abs(np.array(mine["activations"][name]["data"]) - server).max() <= 1, name
 
 
 def test_weights_refused_for_a_network_too_big_for_a_frame(tmp_path, mnist_dir):
