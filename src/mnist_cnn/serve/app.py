@@ -81,8 +81,8 @@ SHARED_JS = ("draw.js", "preprocess.js")  # from PAGE, served as /static/NAME to
 MAX_SAMPLES = 64  # /api/samples: at most this many test images per request
 BINARY = "application/octet-stream"  # /api/predict?binary=true: JSON head + the maps' bytes (binary_answer)
 # /api/weights: the largest network the page runs itself, in multiply-adds per digit. The tutorial's (2.6 M) takes
-# ~5 ms in plain JS on a loaded 2-core machine, within a 16.7 ms frame with preprocessing and painting; --recipe
-# best's padded 64/128-channel network (~6x that) would not fit one, and its page asks the server instead
+# ~4-6 ms in plain JS (Chromium, loaded 2-core machine), within a 16.7 ms frame with preprocessing and painting;
+# --recipe best's padded 64/128-channel network (~6x that) would not fit one, and its page asks the server instead
 MAX_PAGE_MACS = 4_000_000
 PAGE_TENSORS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias", "fc2.weight",
                 "fc2.bias")  # /api/weights' arrays, in this order
