@@ -59,3 +59,18 @@ def test_stroke_weight_runs_from_erosion_through_identity_to_a_5x5_dilation():
     assert width(0.0) == 2 and width(-1.0) == 0  # unchanged; the 3x3 erosion wipes a 2-px stroke out
     assert width(1.0) == 4 and width(2.0) == 6  # the 3x3 dilation adds a pixel per side, the 5x5 two
     assert width(0.4) == 2 and width(1.6) == 6  # blends: the grey rim crosses 0.5 only past half-way
+
+
+def test_light_on_photographed_images_only_crops_and_mirrors_exact_pixels():
+    x = torch.rand(32, 1, 28, 28) * 2 - 1  # normalized at 0.5/0.5: background (pixel 0) is -1
+    z, _ = A.light(x, None, torch.Generator().manual_seed(0), photographed=True)
+    pad = torch.nn.functional.pad(x, (2, 2, 2, 2), value=-1.0)  # (32, 1, 32, 32): every 28x28 crop of it
+    crops = pad.unfold(2, 28, 1).unfold(3, 28, 1)  # (32, 1, 5, 5, 28, 28)
+    for i in range(32):
+        views = torch.cat([crops[i, 0].reshape(25, 28, 28), crops[i, 0].flip(-1).reshape(25, 28, 28)])
+        assert (views - z[i, 0]).abs().amax((1, 2)).min() < 1e-5  # one whole-pixel crop, maybe mirrored, exactly
+    mirrored = [(crops[i, 0].flip(-1).reshape(25, 28, 28) - z[i, 0]).abs().amax((1, 2)).min() < 1e-5
+                for i in range(32)]
+    assert 4 < sum(mirrored) < 28  # about half are mirrored
+    w, _ = A.light(x, None, torch.Generator().manual_seed(0))  # written things: resampled (rotation, zoom)
+    assert not torch.allclose(w, z)

@@ -158,27 +158,42 @@ def augment(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None 
 
 
 # -----------------------------------------------------------------------------
-# light: the classic augmentation for `--recipe best` on any 28x28 dataset (no strokes, no printed digits)
+# light: the classic augmentation for `--recipe best` on any 28x28 dataset (no strokes, no printed digits).
+# Written things (digits, letters, kana) get a small rotation, zoom and sub-pixel shift. Photographed things
+# (clothes) get the CIFAR-style "pad 2, crop 28x28 at a random whole-pixel offset" and a left-right mirror, but no
+# rotation or zoom: those resample every training image bilinearly, a blur the test images never have, and the
+# garments are photographed upright and centred. `--recipe best --dataset fashion-mnist --seed 1 --epochs 10
+# --train-subset 55000`, accuracy on the 5,000 training images held out (this 2-core Xeon, n = 1 run each):
+# rotate + zoom + sub-pixel shift + mirror 92.12%, whole-pixel crop + mirror 93.30%, the same + random erasing
+# (p 0.5, 2-30% of the image) 92.92%.
 
-LIGHT_ROTATE_DEG = 8.0  # |rotation| up to this
-LIGHT_SCALE = (0.92, 1.08)  # one zoom for both axes
-LIGHT_SHIFT_PX = 2.0  # |shift| up to this many pixels: the classic "pad 2, random 28x28 crop", but sub-pixel
-MIRRORED = {"fashion-mnist"}  # datasets whose classes survive a left-right flip (clothes do; digits, kana do not)
+LIGHT_ROTATE_DEG = 8.0  # |rotation| up to this (written things)
+LIGHT_SCALE = (0.92, 1.08)  # one zoom for both axes (written things)
+LIGHT_SHIFT_PX = 2  # |shift| up to this many pixels: sub-pixel for written things, whole pixels for photographed
+PHOTOGRAPHED = {"fashion-mnist"}  # datasets whose classes survive a left-right flip (clothes do; digits, kana do not)
 
 
 def light(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None, printed=None,
-          norm: tuple[float, float] = (0.5, 0.5), mirror: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalized batch (B, 1, 28, 28) -> each image rotated, zoomed and shifted a little at random, and with
-    `mirror` flipped left-right with probability 1/2. `printed` is ignored (digits only). Labels unchanged."""
+          norm: tuple[float, float] = (0.5, 0.5), photographed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalized batch (B, 1, 28, 28) -> each image rotated, zoomed and shifted a little at random; with
+    `photographed`, shifted by whole pixels and flipped left-right with probability 1/2 instead (exact pixel
+    values, no resampling). `printed` is ignored (digits only). Labels unchanged."""
     n, side = x.shape[0], x.shape[-1]
-    rot = torch.deg2rad(_uniform(n, -LIGHT_ROTATE_DEG, LIGHT_ROTATE_DEG, generator))
-    zoom = _uniform(n, *LIGHT_SCALE, generator)
-    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if mirror else torch.ones(n)
-    tx, ty = (_uniform(n, -LIGHT_SHIFT_PX, LIGHT_SHIFT_PX, generator) * 2 / side for _ in range(2))
+    if photographed:
+        rot, zoom = torch.zeros(n), torch.ones(n)
+        flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
+        shift = [torch.randint(-LIGHT_SHIFT_PX, LIGHT_SHIFT_PX + 1, (n,), generator=generator) for _ in range(2)]
+    else:
+        rot = torch.deg2rad(_uniform(n, -LIGHT_ROTATE_DEG, LIGHT_ROTATE_DEG, generator))
+        zoom = _uniform(n, *LIGHT_SCALE, generator)
+        flip = torch.ones(n)
+        shift = [_uniform(n, -LIGHT_SHIFT_PX, LIGHT_SHIFT_PX, generator) for _ in range(2)]
+    tx, ty = (s.float() * 2 / side for s in shift)  # in grid units: 2 / side per pixel
     cos, sin = torch.cos(rot) / zoom, torch.sin(rot) / zoom  # the grid maps output -> input: the inverse zoom
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], -1), torch.stack([sin * flip, cos, ty], -1)], -2)
     grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)  # (B, 28, 28, 2)
     background = -norm[0] / norm[1]  # pixel 0, normalized: what comes in at the borders
+    # a whole-pixel shift and a mirror land every sample on a pixel centre: bilinear then copies pixels exactly
     z = F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return z + background, y
 

@@ -170,7 +170,8 @@ RECIPES = {
     # threads (epochs of ~34 s), ~20 CPU-minutes with one.
     # the same two conv + two fc layers, wider (64/128, fc 256), "same" padding (28 -> 14 -> 7, so conv2 sees
     # 14x14), BatchNorm after each conv, dropout 0.2 before each fc layer; light augmentation (shift, rotation,
-    # zoom, and a mirror for Fashion-MNIST), one-cycle Adam peaking at 3e-3, label smoothing 0.1, batch 128.
+    # zoom; a whole-pixel crop and a mirror for Fashion-MNIST: augment.py), one-cycle Adam peaking at 3e-3, label
+    # smoothing 0.1, batch 128.
     # "model" holds ModelConfig fields, each applied unless its flag was given.
     "best": dict(epochs=20, batch_size=128, lr=3e-3, schedule="onecycle", label_smoothing=0.1, augment=True,
                  augment_style="light", model=dict(channels=(64, 128), fc_units=256, padding=1, batch_norm=True,
@@ -229,8 +230,9 @@ class TrainConfig:
                                    "holds out the last 5,000 training images to fit a temperature and a 'not a "
                                    "digit' threshold (docs/trust.md): copes with real handwriting, fonts, tiny "
                                    "images and things that are not digits")
-    augment_style: str = setting("handwriting", "light: only a small shift, rotation and zoom (and a mirror on "
-                                                "fashion-mnist), as --recipe best uses", choices=AUGMENT_STYLES)
+    augment_style: str = setting("handwriting", "light: only a small shift, rotation and zoom (on fashion-mnist: "
+                                                "a whole-pixel crop and a mirror), as --recipe best uses",
+                                 choices=AUGMENT_STYLES)
     train_subset: int | None = setting(None, "train on the first N training images only (quick runs, tests)",
                                        metavar="N", group=SCALE)
     deterministic: bool = setting(False, "bit-identical weights for the same --seed on CPU (deterministic "

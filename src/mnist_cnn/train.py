@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mnist_cnn import calibrate, distributed, negatives, resume
-from mnist_cnn.augment import MIRRORED, printed_digits
+from mnist_cnn.augment import PHOTOGRAPHED, printed_digits
 from mnist_cnn.augment import augment as random_distortion
 from mnist_cnn.augment import light as light_distortion
 from mnist_cnn.config import AUGMENT, RECIPES, TrainConfig, apply_recipe  # noqa: F401  (importers)
@@ -216,7 +216,7 @@ def setup(cfg: TrainConfig, data: Data | None, device, world: distributed.World,
         def criterion(logits, y):  # label smoothing 0 is the tutorial's plain cross-entropy
             return F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
     distort = (random_distortion if cfg.augment_style == "handwriting"
-               else partial(light_distortion, mirror=data.name in MIRRORED))
+               else partial(light_distortion, photographed=data.name in PHOTOGRAPHED))
     return Run(cfg, device, world, dtype, data, printed, model, opt, make_scheduler(cfg, opt, steps_per_epoch),
                criterion, generator, augment_generator, distributed.per_rank_batch(cfg.batch_size, world),
                steps_per_epoch, pause_at=pause_point_for_tests(), distort=distort,
