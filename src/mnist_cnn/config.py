@@ -242,7 +242,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)  # its fields are flags too (group "model")
     recipe: str = setting("tutorial", "tutorial: the tutorial's recipe; fast: reach 99.0%% test accuracy soonest "
                                       "(1 epoch, one-cycle Adam 6e-3, label smoothing 0.1, stop at 99.0%%); best: "
-                                      "aims at the most accurate model of this family in ~15 CPU minutes (wider, "
+                                      "aims at the most accurate model of this family in 15 minutes on 2 cores (wider, "
                                       "batch norm, dropout, light augmentation, 20 epochs: MNIST 99.59%%, "
                                       "Fashion-MNIST 93.66%%, 3 seeds, docs/datasets.md); a flag "
                                       "given beside a recipe wins", choices=tuple(RECIPES), group=SPEED)
