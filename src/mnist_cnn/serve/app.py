@@ -295,12 +295,11 @@ def folded_weights(model) -> dict[str, np.ndarray]:
     import torch
 
     state = {k: v.detach().cpu().double() for k, v in model.state_dict().items()}
-    for k in (1, 2):
-        if model.cfg.batch_norm:
-            bn = f"bn{k}"
-            s = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + getattr(model, bn).eps)  # (C,)
-            state[f"conv{k}.weight"] = state[f"conv{k}.weight"] * s[:, None, None, None]  # (C, Cin, K, K)
-            state[f"conv{k}.bias"] = (state[f"conv{k}.bias"] - state[f"{bn}.running_mean"]) * s + state[f"{bn}.bias"]
+    for k in (1, 2) if model.cfg.batch_norm else ():
+        bn = f"bn{k}"
+        s = state[f"{bn}.weight"] / torch.sqrt(state[f"{bn}.running_var"] + getattr(model, bn).eps)  # (C,)
+        state[f"conv{k}.weight"] = state[f"conv{k}.weight"] * s[:, None, None, None]  # (C, Cin, K, K)
+        state[f"conv{k}.bias"] = (state[f"conv{k}.bias"] - state[f"{bn}.running_mean"]) * s + state[f"{bn}.bias"]
     return {name: state[name].float().numpy() for name in PAGE_TENSORS}
 
 
@@ -319,10 +318,7 @@ def page_weights(backend) -> bytes:
     cfg = model.cfg.to_dict()
     head = {"format": "float32-le", "config": {k: cfg[k] for k in PAGE_CONFIG}, "classes": list(backend.classes),
             "trust": trust_of(backend.meta), "batch_norm_folded": bool(model.cfg.batch_norm), "tensors": tensors}
-    text = json.dumps(head, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    text += b" " * (-(4 + len(text)) % 4)
-    return b"".join([len(text).to_bytes(4, "little"), text,
-                     *(arrays[name].astype("<f4").tobytes() for name in PAGE_TENSORS)])
+    return framed(head, [arrays[name].astype("<f4").tobytes() for name in PAGE_TENSORS], align=4)
 
 
 def binary_answer(out: dict, acts: dict | None, headers: dict) -> Response:
@@ -335,8 +331,15 @@ def binary_answer(out: dict, acts: dict | None, headers: dict) -> Response:
         for name in LAYERS:
             out["activations"][name], data = quantize_maps(acts[name])
             raw.append(data)
-    head = json.dumps(out, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    return Response(b"".join([len(head).to_bytes(4, "little"), head, *raw]), media_type=BINARY, headers=headers)
+    return Response(framed(out, raw), media_type=BINARY, headers=headers)
+
+
+def framed(head: dict, chunks: list[bytes], align: int = 1) -> bytes:
+    """The binary layout of ?binary=true and /api/weights: a little-endian uint32 N, N bytes of UTF-8 JSON (padded
+    with spaces so the chunks start at a multiple of `align`), then the chunks."""
+    text = json.dumps(head, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    text += b" " * (-(4 + len(text)) % align)
+    return b"".join([len(text).to_bytes(4, "little"), text, *chunks])
 
 
 # -----------------------------------------------------------------------------
