@@ -8,6 +8,7 @@ The screenshot in README.md and docs/web.md is this test run on the real model:
 """
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,11 @@ def server(tmp_path_factory, mnist_dir):
         yield base
 
 
-def open_page(browser, base, width, height):
+def open_page(browser, base, width, height, slow_script=None):
+    """The page at this size, loaded; slow_script: a static file held back 0.3 s, as on a slow network."""
     page = browser.new_page(viewport={"width": width, "height": height})
+    if slow_script:
+        page.route(f"**/static/{slow_script}", lambda route: (time.sleep(0.3), route.continue_()))
     problems, outside = [], []
     page.on("console", lambda m: m.type == "error" and problems.append(m.text))
     page.on("pageerror", lambda e: problems.append(str(e)))
@@ -177,7 +181,8 @@ def test_a_fashion_model_names_its_classes_and_offers_test_images(browser, tmp_p
         pytest.skip("no Fashion-MNIST in ./data (`mnist-cnn data --dataset fashion-mnist`)")
     names = list(SOURCES["fashion-mnist"].classes)
     with serve(fashion_model(tmp_path / "fashion.pth"), ROOT / "data", tmp_path / "serve.log") as base:
-        page, problems, outside = open_page(browser, base, 390, 900)  # a phone, too
+        # a phone, too; learn.js arrives after /api/model has answered, and still names the classes
+        page, problems, outside = open_page(browser, base, 390, 900, slow_script="learn.js")
         page.wait_for_selector("#gallery canvas")
         assert page.locator(".bar-label").all_inner_texts() == names
         assert not page.locator("#number-mode").is_visible() and not page.locator("#width").is_visible()

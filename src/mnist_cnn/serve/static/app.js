@@ -481,4 +481,5 @@ async function showModel() {
 buildBars();
 clearPad();
 resetResult();
-showModel();
+// after every script has run: learn.js listens for "mnist:model", and /api/model can answer while it still loads
+document.addEventListener("DOMContentLoaded", showModel);
