@@ -170,7 +170,8 @@ RECIPES = {
     # the same two conv + two fc layers, wider (64/128, fc 256), "same" padding (28 -> 14 -> 7, so conv2 sees
     # 14x14), BatchNorm after each conv, dropout 0.2 before each fc layer; light augmentation (shift, rotation,
     # zoom; a whole-pixel crop and a mirror for Fashion-MNIST: augment.py), one-cycle Adam peaking at 3e-3, label
-    # smoothing 0.1, batch 128.
+    # smoothing 0.1, batch 128. On MNIST, dropout 0.4, batch 64, a third conv block, elastic distortion and a
+    # lighter or heavier augmentation were tried on 10,000 held-out training images: none beat this (docs/datasets.md).
     # "model" holds ModelConfig fields, each applied unless its flag was given.
     "best": dict(epochs=20, batch_size=128, lr=3e-3, schedule="onecycle", label_smoothing=0.1, augment=True,
                  augment_style="light", model=dict(channels=(64, 128), fc_units=256, padding=1, batch_norm=True,
