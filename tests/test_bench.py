@@ -115,12 +115,27 @@ def test_recipe_fast_sets_defaults_but_explicit_flags_win():
 @pytest.mark.parametrize("field, value, says", [
     ("recipe", "turbo", "--recipe"), ("target_accuracy", 150.0, "--target-accuracy"),
     ("label_smoothing", 1.0, "--label-smoothing"), ("schedule", "cosine", "--schedule"),
-    ("eval_every", -1, "must not be negative")])
+    ("eval_every", -1, "must not be negative"), ("weight_decay", -0.1, "--weight-decay")])
 def test_bad_speed_settings_are_config_errors(field, value, says):
     from mnist_cnn.errors import ConfigError
 
     with pytest.raises(ConfigError, match=says):
         TrainConfig(**{field: value}).validate()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_weight_decay_shrinks_weights_that_get_no_gradient(optimizer):
+    from mnist_cnn.model import Net
+    from mnist_cnn.train import make_optimizer
+
+    for wd, factor in ((0.0, 1.0), (0.5, 1 - 0.1 * 0.5)):  # AdamW: w -= lr * wd * w; SGD's first step: the same
+        net = Net(fused=False)
+        before = net.fc1.weight.detach().clone()
+        opt = make_optimizer(TrainConfig(optimizer=optimizer, lr=0.1, weight_decay=wd), net)
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        torch.testing.assert_close(net.fc1.weight.detach(), before * factor)
 
 
 def test_target_accuracy_stops_mid_epoch_and_counts_the_checks(mnist):

@@ -209,6 +209,8 @@ class TrainConfig:
     batch_size: int = setting(64, "images per step")
     lr: float = setting(1e-3, "learning rate (the peak, with --schedule onecycle)")
     optimizer: str = setting("adam", "sgd uses momentum 0.9", choices=OPTIMIZERS)
+    weight_decay: float = setting(0.0, "decoupled weight decay per step, times the learning rate (adam becomes "
+                                       "AdamW); with sgd, L2 added to the gradient")
     seed: int | None = setting(None, "makes a CPU run repeatable")
     device: str = setting("auto", "auto: CUDA, else MPS, else the CPU", choices=DEVICES)
     precision: str = setting("auto", "auto: bf16 autocast where the hardware has native bf16, else fp32",
@@ -288,6 +290,8 @@ class TrainConfig:
                 raise ConfigError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)}")
         if self.train_subset is not None and self.train_subset < 1:
             raise ConfigError(f"--train-subset must be at least 1, got {self.train_subset}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ConfigError(f"--weight-decay must be a number >= 0, got {self.weight_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.target_accuracy is not None and not 0.0 < self.target_accuracy <= 100.0:
